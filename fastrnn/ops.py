@@ -1,0 +1,102 @@
+"""The only Python file that touches torch.ops.fastrnn.
+
+Loads the compiled library (fastrnn._C), registers a fake (meta) implementation for every
+op so torch.compile and torch.export can trace them, and exposes `layer`, the backend
+function of the compiled 'cpu' and 'cuda' backends (signature: fastrnn/reference.py).
+"""
+import importlib
+import warnings
+
+import torch
+
+try:
+    importlib.import_module("fastrnn._C")  # loading the library registers the ops
+except ImportError as error:
+    LOAD_ERROR = f"fastrnn._C could not be imported ({error})"
+    warnings.warn(
+        f"{LOAD_ERROR}; only the 'reference' backend (pure PyTorch, slow) is available. "
+        "Build the kernels with: pip install --no-build-isolation -e .",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+else:
+    LOAD_ERROR = None
+
+
+def has_kernel(device_type):
+    """Whether the compiled library has kernels for this dispatch key ('CPU', 'CUDA')."""
+    if LOAD_ERROR is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::gru_layer_fwd", device_type)
+
+
+def _fake_layer_outputs(input, batch_sizes, h0):
+    """output [T,N,P] for padded input, [S,P] for packed input."""
+    if batch_sizes is None:
+        return input.new_empty(input.shape[0], input.shape[1], h0.shape[-1])
+    return input.new_empty(input.shape[0], h0.shape[-1])
+
+
+def _fake_workspace(input, need_workspace):
+    # The workspace layout is private to each backend; an empty stand-in keeps tracing
+    # shape-correct for every output the user can see.
+    return input.new_empty(0)
+
+
+def _register_fakes():
+    lib = "fastrnn::"
+
+    @torch.library.register_fake(lib + "rnn_layer_fwd")
+    def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, need_workspace):
+        return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
+                _fake_workspace(input, need_workspace))
+
+    @torch.library.register_fake(lib + "gru_layer_fwd")
+    def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace):
+        return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
+                _fake_workspace(input, need_workspace))
+
+    @torch.library.register_fake(lib + "lstm_layer_fwd")
+    def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace):
+        return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
+                torch.empty_like(c0), _fake_workspace(input, need_workspace))
+
+    def weight_grads(w_ih, w_hh):
+        return (torch.empty_like(w_ih), torch.empty_like(w_hh),
+                w_hh.new_empty(w_hh.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+
+    @torch.library.register_fake(lib + "rnn_layer_bwd")
+    def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
+          workspace, relu, reverse):
+        return (torch.empty_like(input), torch.empty_like(h0), *weight_grads(w_ih, w_hh))
+
+    @torch.library.register_fake(lib + "gru_layer_bwd")
+    def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
+          workspace, reverse):
+        return (torch.empty_like(input), torch.empty_like(h0), *weight_grads(w_ih, w_hh))
+
+    @torch.library.register_fake(lib + "lstm_layer_bwd")
+    def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+          w_hr, output, c_n, workspace, reverse):
+        grad_w_hr = torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0)
+        return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
+                *weight_grads(w_ih, w_hh), grad_w_hr)
+
+
+if LOAD_ERROR is None:
+    _register_fakes()
+    _rnn_layer = torch.ops.fastrnn.rnn_layer.default
+    _gru_layer = torch.ops.fastrnn.gru_layer.default
+    _lstm_layer = torch.ops.fastrnn.lstm_layer.default
+
+
+def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """One layer-direction through the compiled kernels; see fastrnn/reference.py."""
+    if mode == "GRU":
+        output, h_n = _gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
+        return output, h_n, None
+    if mode == "LSTM":
+        return _lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    output, h_n = _rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                             mode == "RNN_RELU", reverse)
+    return output, h_n, None

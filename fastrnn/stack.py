@@ -1,0 +1,54 @@
+"""Runs a stack of recurrent layers (num_layers x directions) on one backend.
+
+This is torch.nn's layer loop (ATen's apply_layer_stack): each layer-direction is one
+backend `layer` call, both directions read the same layer input, their outputs are
+concatenated on the feature axis, and dropout is applied between layers (not after the
+last) with F.dropout, so a seeded training run draws exactly torch.nn's masks.
+"""
+import torch
+import torch.nn.functional as F
+
+from fastrnn import reference
+
+
+def weights_of(flat_weights, index, has_bias, has_proj):
+    """(w_ih, w_hh, b_ih, b_hh, w_hr) of layer-direction `index` in RNNBase._flat_weights,
+    which holds per layer-direction: w_ih, w_hh[, b_ih, b_hh][, w_hr]."""
+    stride = 2 + 2 * has_bias + has_proj
+    w = flat_weights[index * stride:(index + 1) * stride]
+    b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
+    return w[0], w[1], b_ih, b_hh, (w[-1] if has_proj else None)
+
+
+def run(layer, mode, input, batch_sizes, hx, cx, flat_weights, *, num_layers, bidirectional,
+        has_bias, has_proj, dropout, training):
+    """input [T,N,C] time-major or packed [S,C]; hx [L*D,N,P]; cx [L*D,N,H] or None.
+
+    Returns (output [T,N,D*P] or [S,D*P], h_n [L*D,N,P], c_n [L*D,N,H] or None).
+    """
+    if hx.shape[1] == 0:
+        # An empty batch has nothing to compute; the spec backend returns torch.nn's
+        # empty (but autograd-connected) results without asking kernels to handle N=0.
+        layer = reference.layer
+    directions = 2 if bidirectional else 1
+    h_n, c_n = [], []
+    layer_input = input
+    for layer_index in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer_index * directions + direction
+            output, h, c = layer(mode, layer_input, batch_sizes, hx[index],
+                                 None if cx is None else cx[index],
+                                 *weights_of(flat_weights, index, has_bias, has_proj),
+                                 direction == 1)
+            outputs.append(output)
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if dropout and training and layer_index < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n)
+    if cx is None:
+        return layer_input, h_n, None
+    c_n = c_n[0].unsqueeze(0) if len(c_n) == 1 else torch.stack(c_n)
+    return layer_input, h_n, c_n

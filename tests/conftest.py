@@ -1,0 +1,60 @@
+"""Shared test setup: which backends the parametrized suites run against.
+
+Every available backend is listed, so a new backend inherits every parity and bad-input
+test by becoming available. FASTRNN_TEST_BACKENDS=cuda,triton narrows the list (the GPU
+check script uses it). Without a GPU, Triton kernels run under its interpreter on CPU
+tensors, so they are checked on every CI run.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before triton is imported anywhere.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastrnn  # noqa: E402
+
+# Backends whose every op call is slow (an interpreter) run a sample of the parity matrix.
+SAMPLED_BACKENDS = {"triton"} if not torch.cuda.is_available() else set()
+
+
+def _device_of(backend):
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def backends_under_test():
+    available = [name for name, reason in fastrnn.available_backends().items() if reason is None]
+    wanted = os.environ.get("FASTRNN_TEST_BACKENDS")
+    if not wanted:
+        return available
+    names = [name.strip() for name in wanted.split(",") if name.strip()]
+    missing = [name for name in names if name not in available]
+    if missing:
+        reasons = fastrnn.available_backends()
+        raise pytest.UsageError("FASTRNN_TEST_BACKENDS asks for unavailable backends: "
+                                + "; ".join(f"{n}: {reasons.get(n, 'unknown name')}"
+                                            for n in missing))
+    return names
+
+
+def pytest_report_header(config):
+    lines = [f"fastrnn backends under test: {', '.join(backends_under_test())}"]
+    for name, reason in fastrnn.available_backends().items():
+        if reason is not None:
+            lines.append(f"  not available: {name}: {reason}")
+    return lines
+
+
+@pytest.fixture(params=backends_under_test())
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def device(backend):
+    return _device_of(backend)
