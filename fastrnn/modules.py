@@ -11,6 +11,12 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import backends, stack
 
+# Dynamo refuses every isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless allow_rnn is
+# set, which our subclasses cannot dodge; torch.export sets the same flag for itself.
+# With it, torch.compile(fullgraph=True) traces the fused layers (plain torch.nn RNNs in
+# the same program are then traced too instead of graph-breaking; see README).
+torch._dynamo.config.allow_rnn = True
+
 
 def _check_device_and_dtype(input, states, weight):
     """The checks ATen does deep inside _VF.* (where they surface as matmul errors), made
@@ -183,7 +189,7 @@ class _FusedCell:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} "
                                f"expected {self.input_size}")
         if input.dtype != self.weight_ih.dtype:
-            raise ValueError(f"{self._get_name()}: input dtype ({input.dtype}) does not match "
+            raise RuntimeError(f"{self._get_name()}: input dtype ({input.dtype}) does not match "
                              f"weight dtype ({self.weight_ih.dtype})")
         if hx is None:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,

@@ -47,8 +47,7 @@ def run(layer, mode, input, batch_sizes, hx, cx, flat_weights, *, num_layers, bi
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
         if dropout and training and layer_index < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n)
-    if cx is None:
-        return layer_input, h_n, None
-    c_n = c_n[0].unsqueeze(0) if len(c_n) == 1 else torch.stack(c_n)
-    return layer_input, h_n, c_n
+    # torch.stack copies: the final states must not be views, since users (the seeds
+    # among them) call hidden.detach_() on them, which views refuse.
+    h_n = torch.stack(h_n)
+    return layer_input, h_n, (None if cx is None else torch.stack(c_n))
