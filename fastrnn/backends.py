@@ -83,7 +83,8 @@ def _why_not(name, device, dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(requested, env_choice, device, dtype):
+def _resolve(requested, env_choice, device_type, dtype):
+    device = torch.device(device_type)
     if requested == "auto" and env_choice:
         requested = check_name(env_choice)
         if requested == "auto":
@@ -102,7 +103,7 @@ def _resolve(requested, env_choice, device, dtype):
 
 def resolve(requested, device, dtype):
     """The backend name that runs a layer for tensors of this device and dtype."""
-    return _resolve(requested, os.environ.get(ENV_VAR), torch.device(device.type), dtype)
+    return _resolve(requested, os.environ.get(ENV_VAR), device.type, dtype)
 
 
 def layer_function(name):
@@ -113,3 +114,14 @@ def layer_function(name):
         from fastrnn import triton as triton_backend
         return triton_backend.layer
     return ops.layer
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_for(requested, env_choice, device_type, dtype):
+    return layer_function(_resolve(requested, env_choice, device_type, dtype))
+
+
+def layer_for(requested, input):
+    """The `layer` function that runs `input`'s device and dtype (called on every forward,
+    hence cached)."""
+    return _layer_for(requested, os.environ.get(ENV_VAR), input.device.type, input.dtype)

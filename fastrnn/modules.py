@@ -36,10 +36,6 @@ def _check_device_and_dtype(input, states, weight):
             f"at {input.device} and parameter tensor at {weight.device}")
 
 
-def _layer_function(requested, input):
-    return backends.layer_function(backends.resolve(requested, input.device, input.dtype))
-
-
 class _FusedLayer:
     """forward() shared by FusedRNN, FusedGRU and FusedLSTM (mixed in before nn.*)."""
 
@@ -73,10 +69,34 @@ class _FusedLayer:
             h, c = h.unsqueeze(1), c.unsqueeze(1)
         return h, c
 
+    def _current_flat_weights(self):
+        """self._flat_weights, refreshed (torch.nn's way) only when a parameter object was
+        swapped behind RNNBase.__setattr__'s back. torch.nn walks getattr for every weight
+        on every call, which at the sine shape costs more than our whole kernel."""
+        parameters = self._parameters
+        for name, weight in zip(self._flat_weights_names, self._flat_weights):
+            if parameters.get(name) is not weight:
+                self._update_flat_weights()
+                break
+        return self._flat_weights
+
+    def _check_input(self, input, batch_sizes, weight):
+        """torch.nn's check_input, same messages, without its per-call overhead."""
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: "
+                f"model.to({input.dtype})")
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError("input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.shape[-1]}")
+
     def forward(self, input, hx=None):
-        self._update_flat_weights()
+        flat_weights = self._current_flat_weights()
         is_lstm = self.mode == "LSTM"
-        prefix = "LSTM" if is_lstm else self._get_name().replace("Fused", "")
         packed = isinstance(input, PackedSequence)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
@@ -84,39 +104,48 @@ class _FusedLayer:
             batch = int(batch_sizes[0])
         else:
             if not isinstance(input, torch.Tensor):
-                raise TypeError(f"{prefix}: input must be a Tensor or PackedSequence, got "
-                                f"{type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{prefix}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise TypeError(f"{self._get_name()}: input must be a Tensor or "
+                                f"PackedSequence, got {type(input).__name__}")
+            dim = input.dim()
+            if dim != 3 and dim != 2:
+                prefix = "LSTM" if is_lstm else self._get_name().replace("Fused", "")
+                raise ValueError(f"{prefix}: Expected input to be 2D or 3D, got {dim}D instead")
             batch_sizes = sorted_indices = unsorted_indices = None
-            is_batched = input.dim() == 3
+            is_batched = dim == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
-            batch = input.size(batch_dim)
+            batch = input.shape[batch_dim]
+        self._check_input(input, batch_sizes, flat_weights[0])
 
-        directions = 2 if self.bidirectional else 1
+        states = self.num_layers * (2 if self.bidirectional else 1)
         state_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if hx is None:
-            zeros = dict(dtype=input.dtype, device=input.device)
-            h = torch.zeros(self.num_layers * directions, batch, state_size, **zeros)
-            c = (torch.zeros(self.num_layers * directions, batch, self.hidden_size, **zeros)
-                 if is_lstm else None)
+            h = torch.zeros(states, batch, state_size, dtype=input.dtype, device=input.device)
+            c = (torch.zeros(states, batch, self.hidden_size, dtype=input.dtype,
+                             device=input.device) if is_lstm else None)
         else:
             h, c = self._split_hx(hx, is_batched)
-        self.check_forward_args(input, (h, c) if is_lstm else h, batch_sizes)
-        if not packed and input.size(1 - batch_dim) == 0:
+            expected = (states, batch, state_size)
+            if h.shape != expected:
+                raise RuntimeError(f"Expected hidden{'[0]' if is_lstm else ''} size "
+                                   f"{expected}, got {list(h.shape)}")
+            if is_lstm and c.shape != (states, batch, self.hidden_size):
+                raise RuntimeError(f"Expected hidden[1] size {(states, batch, self.hidden_size)}"
+                                   f", got {list(c.shape)}")
+            _check_device_and_dtype(input, (h,) if c is None else (h, c), flat_weights[0])
+        if input.device != flat_weights[0].device:
+            _check_device_and_dtype(input, (), flat_weights[0])
+        if not packed and input.shape[1 - batch_dim] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        _check_device_and_dtype(input, (h,) if c is None else (h, c), self._flat_weights[0])
         if sorted_indices is not None:
             h = h.index_select(1, sorted_indices)
             c = None if c is None else c.index_select(1, sorted_indices)
 
         time_major = input.transpose(0, 1) if (self.batch_first and not packed) else input
         output, h_n, c_n = stack.run(
-            _layer_function(self.backend, input), self.mode, time_major, batch_sizes, h, c,
-            self._flat_weights, num_layers=self.num_layers, bidirectional=self.bidirectional,
+            backends.layer_for(self.backend, input), self.mode, time_major, batch_sizes, h, c,
+            flat_weights, num_layers=self.num_layers, bidirectional=self.bidirectional,
             has_bias=self.bias, has_proj=self.proj_size > 0, dropout=self.dropout,
             training=self.training)
 
@@ -205,7 +234,7 @@ class _FusedCell:
             h, c = self._check_cell_state(hx, input, is_batched, "hx"), None
         _check_device_and_dtype(input, (h,) if c is None else (h, c), self.weight_ih)
 
-        _, h_new, c_new = _layer_function(self.backend, input)(
+        _, h_new, c_new = backends.layer_for(self.backend, input)(
             self._cell_mode(), input.unsqueeze(0), None, h, c, self.weight_ih, self.weight_hh,
             self.bias_ih, self.bias_hh, None, False)
         if not is_batched:
