@@ -1,0 +1,45 @@
+// CUDA kernels of rnn_layer_fwd / rnn_layer_bwd (schemas in csrc/fastrnn.cpp). The math
+// is in rnn_kernels.cuh, the shared launcher logic in launcher.h.
+#include <torch/library.h>
+
+#include "launcher.h"
+#include "rnn_kernels.cuh"
+
+namespace fastrnn {
+namespace cuda {
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor> rnn_layer_fwd_cuda(
+    const Tensor& input, const c10::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih,
+    const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh, bool relu,
+    bool reverse, bool need_workspace) {
+  const auto run = [&](auto cell) {
+    return layer_fwd<decltype(cell)>("fastrnn::rnn_layer_fwd", input, batch_sizes, h0, Tensor(), w_ih, w_hh,
+                                     b_ih, b_hh, Tensor(), reverse, need_workspace);
+  };
+  const FwdResult r = relu ? run(RnnCell<true>{}) : run(RnnCell<false>{});
+  return {r.out, r.h_n, r.ws};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_layer_bwd_cuda(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+    const c10::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh, const Tensor& output,
+    const Tensor& workspace, bool relu, bool reverse) {
+  const auto run = [&](auto cell) {
+    return layer_bwd<decltype(cell)>("fastrnn::rnn_layer_bwd", grad_output, grad_h_n, Tensor(), input,
+                                     batch_sizes, h0, Tensor(), w_ih, w_hh, b_ih, b_hh, Tensor(), output,
+                                     workspace, reverse);
+  };
+  const BwdResult r = relu ? run(RnnCell<true>{}) : run(RnnCell<false>{});
+  return {r.grad_input, r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fastrnn
+
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  m.impl("rnn_layer_fwd", &fastrnn::cuda::rnn_layer_fwd_cuda);
+  m.impl("rnn_layer_bwd", &fastrnn::cuda::rnn_layer_bwd_cuda);
+}
