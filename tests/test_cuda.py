@@ -7,10 +7,17 @@ backend='cuda' by itself once the backend is available):
 * CUDA graph capture + replay equals eager;
 * bitwise determinism across runs.
 
-Each runs on the three kernel paths: the single-CTA persistent kernels (default at these
-sizes), the multi-CTA persistent kernels (FASTRNN_CUDA_TILE forces 8 hidden units per CTA,
-so H=33 spans 5 CTAs with a grid barrier per step) and the per-step fallback
-(FASTRNN_CUDA_PATH=step).
+* large hidden sizes (512, 768, 1024) on the path the device's plan picks (cooperative
+  on an H100), against torch.nn in float64 (fp32) and the 2x rule (bf16);
+* module-level CUDA graphs: forward + backward of FusedGRU / FusedLSTM through
+  torch.cuda.make_graphed_callables, replayed with new inputs; fastrnn.graphs'
+  GraphedRollout (the seeds' autoregressive test loop) against its eager rollout.
+
+Each runs on the kernel paths: the single-CTA persistent kernels (default at small
+sizes), the cooperative multi-CTA kernels (FASTRNN_CUDA_TILE forces 8 hidden units per
+CTA, so H=33 spans 5 CTAs with a grid barrier per step; the third number caps the chunk
+in which the exchanged vector is streamed back, 32 so that H=33 takes 2 chunks forward
+and 4 (GRU) backward) and the per-step fallback (FASTRNN_CUDA_PATH=step).
 """
 import pytest
 import torch
@@ -22,6 +29,7 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
 PATHS = {
     "persistent": {},
     "multi_cta": {"FASTRNN_CUDA_TILE": "2,8"},
+    "multi_cta_chunked": {"FASTRNN_CUDA_TILE": "2,8,32"},
     "step": {"FASTRNN_CUDA_PATH": "step"},
 }
 
@@ -132,7 +140,7 @@ def test_low_precision_error_within_2x_torch(mode, dtype, shape, path):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64(mode, packed, reverse, path):
     torch.manual_seed(0)
-    bs, t = make_args(mode, T=4, N=3, C=2, H=33 if path == "multi_cta" else 5,
+    bs, t = make_args(mode, T=4, N=3, C=2, H=33 if path.startswith("multi_cta") else 5,
                       dtype=torch.float64, packed=packed, requires_grad=True)
     names = [k for k, v in t.items() if v is not None]
 
@@ -158,11 +166,15 @@ def test_gradcheck_projected_lstm(packed, bias):
 
 
 # ---------------------------------------------------------------------------------------
-def fwd_bwd(mode, bs, t, gouts, reverse=False):
+def fwd_bwd(mode, bs, t, gouts, reverse=False, seed_grads=False):
+    """[results..., grads of every leaf]; seed_grads: draw the output gradients here and
+    return them too, as [results..., output grads..., leaf grads...]."""
     res = [r for r in run(mode, bs, t, reverse)]
     leaves = [v for v in t.values() if v is not None]
+    if seed_grads:
+        gouts = [torch.randn_like(r) for r in res]
     grads = torch.autograd.grad(res, leaves, [g for g in gouts[: len(res)]])
-    return [r.detach() for r in res] + list(grads)
+    return [r.detach() for r in res] + (list(gouts) if seed_grads else []) + list(grads)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -202,3 +214,114 @@ def test_bitwise_deterministic(mode, packed, path):
         again = fwd_bwd(mode, bs, t, gouts, reverse=packed)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["RNN_TANH", "GRU", "LSTM"])
+@pytest.mark.parametrize("H", [512, 768, 1024])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_large_hidden_float32_matches_reference(mode, H, packed, reverse, monkeypatch):
+    """The plan's own path at the sizes the cooperative kernels are for (cooperative on an
+    H100: fastrnn.cuda_paths.cuda_path), forward and backward, against fastrnn.reference
+    (the spec) in float64 on the CPU."""
+    from fastrnn import reference
+    from fastrnn.cuda_paths import cuda_path
+    monkeypatch.delenv("FASTRNN_CUDA_TILE", raising=False)
+    monkeypatch.delenv("FASTRNN_CUDA_PATH", raising=False)
+    torch.manual_seed(0)
+    T, N, C = 6, 24, 40
+    print(cuda_path(mode, H, N, torch.float32), cuda_path(mode, H, N, torch.float32, backward=True))
+    bs, t = make_args(mode, T, N, C, H, torch.float32, packed=packed, requires_grad=True)
+    got = fwd_bwd(mode, bs, t, None, reverse=reverse, seed_grads=True)
+    t64 = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None)
+           for k, v in t.items()}
+    res = reference.layer(mode, t64["x"], bs, t64["h0"], t64["c0"], t64["w_ih"], t64["w_hh"],
+                          t64["b_ih"], t64["b_hh"], t64["w_hr"], reverse)
+    res = [r for r in res if r is not None]
+    gouts = [g.detach().cpu().double() for g in got[len(res):2 * len(res)]]
+    leaves = [v for v in t64.values() if v is not None]
+    expect = [r.detach() for r in res] + list(torch.autograd.grad(res, leaves, gouts))
+    got = got[:len(res)] + got[2 * len(res):]
+    for i, (e, g) in enumerate(zip(expect, got)):
+        scale = e.abs().max().item()
+        err = (g.double().cpu() - e).abs().max().item() / max(scale, 1e-30)
+        assert err <= 1e-5, f"result {i}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+@pytest.mark.parametrize("H", [512, 1024])
+def test_large_hidden_bf16_within_2x_torch(mode, H, monkeypatch):
+    monkeypatch.delenv("FASTRNN_CUDA_TILE", raising=False)
+    monkeypatch.delenv("FASTRNN_CUDA_PATH", raising=False)
+    test_low_precision_error_within_2x_torch(mode, torch.bfloat16, (8, 16, 32, H), path="plan")
+
+
+# ---------------------------------------------------------------------------------------
+def _module_graph_check(cls, **kwargs):
+    import copy
+    torch.manual_seed(0)
+    T, N, C, H = 9, 4, 5, 33
+    model = cls(C, H, backend="cuda", **kwargs).cuda()
+    twin = copy.deepcopy(model)
+    x = torch.randn(T, N, C, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(model, (x,))
+    for _ in range(2):  # fresh inputs each replay, compared with the eager twin
+        x_new = torch.randn(T, N, C, device="cuda", requires_grad=True)
+        x_twin = x_new.detach().clone().requires_grad_(True)
+        out, hidden = graphed(x_new)
+        out_e, hidden_e = twin(x_twin)
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        h_e = hidden_e[0] if isinstance(hidden_e, tuple) else hidden_e
+        g_out, g_h = torch.randn_like(out), torch.randn_like(h)
+        for p in list(model.parameters()) + list(twin.parameters()):
+            p.grad = None
+        ((out * g_out).sum() + (h * g_h).sum()).backward()
+        ((out_e * g_out).sum() + (h_e * g_h).sum()).backward()
+        torch.testing.assert_close(out, out_e, rtol=0, atol=0)
+        torch.testing.assert_close(h, h_e, rtol=0, atol=0)
+        torch.testing.assert_close(x_new.grad, x_twin.grad, rtol=0, atol=0)
+        for (name, p), p_e in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p.grad, p_e.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True}])
+def test_module_cuda_graph_gru(kwargs, path):
+    from fastrnn import FusedGRU
+    _module_graph_check(FusedGRU, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True}])
+def test_module_cuda_graph_lstm(kwargs, path):
+    from fastrnn import FusedLSTM
+    _module_graph_check(FusedLSTM, **kwargs)
+
+
+@pytest.mark.parametrize("cls_name", ["FusedGRU", "FusedLSTM"])
+@pytest.mark.parametrize("unroll", [1, 4])
+def test_graphed_rollout_matches_eager(cls_name, unroll, path):
+    """The seeds' test loop: T=1 calls, a Linear head, the prediction fed back."""
+    import fastrnn
+    from fastrnn.graphs import GraphedRollout, rollout
+    torch.manual_seed(0)
+    rnn = getattr(fastrnn, cls_name)(input_size=1, hidden_size=16, backend="cuda").cuda().eval()
+    head = torch.nn.Linear(16, 1).cuda()
+
+    def step(x, hidden):
+        out, hidden = rnn(x, hidden)
+        return head(out.view(-1, 16)), hidden
+
+    def state():
+        h = torch.randn(1, 16, device="cuda")
+        return (h, torch.randn(1, 16, device="cuda")) if cls_name == "FusedLSTM" else h
+
+    graphed = GraphedRollout(step, torch.zeros(1, 1, device="cuda"), state(), unroll=unroll)
+    for _ in range(2):
+        x0, h0 = torch.randn(1, 1, device="cuda"), state()
+        preds, h = graphed(x0, h0, steps=10)  # 10 = 2 x 4 + 2 single steps when unroll=4
+        with torch.no_grad():
+            expect, h_e = rollout(step, x0, h0, steps=10)
+        torch.testing.assert_close(preds, expect, rtol=0, atol=0)
+        torch.testing.assert_close(h, h_e, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="captured for"):
+        graphed(torch.zeros(2, 1, device="cuda"), state(), steps=3)

@@ -23,6 +23,8 @@
 #include <cuda_bf16.h>
 #include <cstddef>
 
+#include "path_choice.h"
+
 namespace fastrnn {
 namespace cuda {
 
@@ -38,10 +40,6 @@ namespace cuda {
       return __VA_ARGS__();                        \
     }                                              \
   }()
-
-// The persistent kernels are compiled for at most this many threads, so that one CTA
-// per SM always fits the register file (255 regs x 256 threads < 64K).
-constexpr int kMaxThreads = 256;
 
 template <typename T> struct AccType { using type = float; };
 template <> struct AccType<double> { using type = double; };
@@ -108,6 +106,7 @@ template <typename T> struct FwdArgs {
   int nsteps, N, H;  // nsteps = T
   int nb;             // batch rows per CTA tile   (gridDim.y = ceil(N / nb))
   int hj;             // hidden units per CTA slice (gridDim.x = ceil(H / hj))
+  int kc;             // columns of h per shared-memory chunk (H unless MULTI)
   int ldw;            // shared-memory row stride of the W_hh slice, in elements
 };
 
@@ -131,57 +130,118 @@ template <typename T> struct BwdArgs {
   unsigned* barrier;  // [gridDim.y] zeroed counters (MULTI)
   int nsteps, N, H;  // nsteps = T
   int nb, hj;
+  int kc;             // gate-gradient columns per shared-memory chunk (G*H unless MULTI)
   int ldw;            // shared-memory row stride of the transposed W_hh slice
 };
 
 // ---------------------------------------------------------------------------------------
-// Persistent forward: one launch for the whole sequence. CTA (x, y) owns hidden units
-// [x*hj, x*hj + hj) of every gate for batch rows [y*nb, y*nb + nb); its slice of W_hh
-// stays in shared memory for all T steps, and so does h (in acc_t precision). With one
-// slice (MULTI false) h never leaves the CTA; with several, each step's new h goes
-// through the double-buffered `hx` and a barrier among the tile's CTAs.
+// Persistent kernels: one launch per layer-direction for the whole sequence. Which tile
+// (nb batch rows x hj hidden units per CTA), how many CTAs and the chunk width kc come
+// from path_choice.h (choose_path), which also states the shared-memory layouts below.
 // ---------------------------------------------------------------------------------------
-template <typename T, typename Cell>
-struct FwdSmem {
-  // Batch rows are padded to a multiple of 4 because the matvec computes 4 rows at a time.
-  static size_t bytes(int nb, int hj, int H, int ldw) {
-    const size_t nb4 = (nb + 3) / 4 * 4;
-    return sizeof(acc_t<T>) * (nb4 * H + nb4 * Cell::G * hj + (Cell::HAS_C ? nb * hj : 0)) +
-           sizeof(T) * static_cast<size_t>(Cell::G) * hj * ldw;
-  }
-};
 
+// out_s[b][r] (+)= sum_{k < kw} w_s[r][k0 + k] * v_s[b][k] for the first `nact` batch rows
+// and `rows` weight rows: consecutive threads take consecutive weight rows (odd-word row
+// stride ldw: conflict-free) and share v (broadcast); 4 batch rows each. The first chunk
+// (`first`) starts the sums and later chunks add to them; `add_s` (same layout as out_s,
+// or null) is added once, with the last chunk. A (b, r) sum belongs to one thread in every
+// chunk, so chunks need no synchronisation between a read and the write of out_s.
+template <typename T, typename A>
+__device__ __forceinline__ void matvec_rows(const T* w_s, int ldw, int k0, const A* v_s, int ldv, int kw,
+                                            A* out_s, int rows, int ld_out, int nact, bool first,
+                                            const A* add_s) {
+  const int nbg = (nact + 3) / 4;
+  for (int item = threadIdx.x; item < rows * nbg; item += blockDim.x) {
+    const int r = item % rows, bb = (item / rows) * 4;
+    const T* wr = w_s + r * ldw + k0;
+    const A* vb = v_s + bb * ldv;
+    A acc[4] = {A(0), A(0), A(0), A(0)};
+#pragma unroll 4
+    for (int k = 0; k < kw; ++k) {
+      const A w = to_acc(wr[k]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[q] += w * vb[q * ldv + k];
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (bb + q < nact) {
+        const int o = (bb + q) * ld_out + r;
+        // One expression: ptxas (nvcc 13.0) spilled a few bytes with an if around add_s.
+        out_s[o] = (first ? A(0) : out_s[o]) + acc[q] + (add_s ? add_s[o] : A(0));
+      }
+    }
+  }
+}
+
+// v_s[b][k] = src[b * ld_src + k0 + k] for b < nact, k < kw: a chunk of the vector the
+// tile's CTAs exchange through L2 (__ldcg: L1 is not coherent across SMs).
+template <typename A>
+__device__ __forceinline__ void load_chunk(A* v_s, int ldv, const A* src, size_t ld_src, int k0, int kw,
+                                           int nact) {
+  for (int i = threadIdx.x; i < nact * kw; i += blockDim.x) {
+    const int b = i / kw, k = i % kw;
+    v_s[b * ldv + k] = __ldcg(src + b * ld_src + k0 + k);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Persistent forward. CTA (x, y) owns hidden units [x*hj, x*hj + hj) of every gate for
+// batch rows [y*nb, y*nb + nb); its slice of W_hh stays in shared memory for all T steps.
+//  * One slice (MULTI false, path kPersistent): h [nb][H] lives in shared memory (acc_t
+//    precision) and never leaves the CTA.
+//  * Several slices (MULTI, path kCooperative): each step's new h goes to the
+//    double-buffered `hx` (step s writes buffer s&1), a barrier among the tile's CTAs
+//    follows, and the next step's matvec streams h back through shared memory kc columns
+//    at a time. The CTA's own units of h (GRU's z*h term, h_n) stay in hown_s. Both hx
+//    buffers start as h0, so a row that first becomes active late (reverse direction of
+//    packed input) reads its h0 row.
+// ---------------------------------------------------------------------------------------
 template <typename T, typename Cell, bool HAS_BIAS, bool SAVE, bool REVERSE, bool MULTI>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 1)
 persistent_fwd_kernel(const FwdArgs<T> a) {
   using A = acc_t<T>;
   constexpr int G = Cell::G;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = a.H, hj = a.hj, nb = a.nb, ldw = a.ldw, N = a.N;
+  const int kc = MULTI ? a.kc : H;
   const int GH = G * H, R = G * hj;
   const int nb4 = (nb + 3) / 4 * 4;
   const int j0 = blockIdx.x * hj, hjn = min(hj, H - j0);
   const int b0 = blockIdx.y * nb, nbt = min(nb, N - b0);
   const int tid = threadIdx.x, nthr = blockDim.x;
 
-  A* h_s = reinterpret_cast<A*>(smem_raw);            // [nb4][H]
-  A* gate_s = h_s + nb4 * H;                          // [nb4][R]  h W_hh^T for the slice
-  A* c_s = gate_s + nb4 * R;                          // [nb][hj]  (LSTM)
-  T* w_s = reinterpret_cast<T*>(c_s + (Cell::HAS_C ? nb * hj : 0));  // [R][ldw]
+  // path_choice.h fwd_smem_bytes
+  A* h_s = reinterpret_cast<A*>(smem_raw);            // [nb4][kc]  h, or a chunk of it
+  A* gate_s = h_s + nb4 * kc;                         // [nb4][R]   h W_hh^T for the slice
+  A* c_s = gate_s + nb4 * R;                          // [nb][hj]   (LSTM)
+  A* hown_s = c_s + (Cell::HAS_C ? nb * hj : 0);      // [nb][hj]   (MULTI)
+  T* w_s = reinterpret_cast<T*>(hown_s + (MULTI ? nb * hj : 0));  // [R][ldw]
 
   for (int i = tid; i < R * H; i += nthr) {
     const int r = i / H, k = i % H, g = r / hj, jj = r % hj;
     w_s[r * ldw + k] = jj < hjn ? a.w_hh[static_cast<size_t>(g * H + j0 + jj) * H + k] : T(0.0f);
   }
-  for (int i = tid; i < nb4 * H; i += nthr) {
-    const int b = i / H;
-    h_s[i] = b < nbt ? to_acc(a.h0[static_cast<size_t>(b0) * H + i]) : A(0);
+  if (MULTI) {
+    for (int i = tid; i < nbt * hjn; i += nthr) {
+      const int b = i / hjn, jj = i % hjn;
+      const size_t src = static_cast<size_t>(b0 + b) * H + j0 + jj;
+      const A h = to_acc(a.h0[src]);
+      hown_s[b * hj + jj] = h;
+      __stcg(a.hx + src, h);
+      __stcg(a.hx + static_cast<size_t>(N) * H + src, h);
+    }
+  } else {
+    for (int i = tid; i < nb4 * H; i += nthr) {
+      const int b = i / H;
+      h_s[i] = b < nbt ? to_acc(a.h0[static_cast<size_t>(b0) * H + i]) : A(0);
+    }
   }
   if (Cell::HAS_C)
     for (int i = tid; i < nbt * hjn; i += nthr) {
       const int b = i / hjn, jj = i % hjn;
       c_s[b * hj + jj] = to_acc(a.c0[static_cast<size_t>(b0 + b) * H + j0 + jj]);
     }
+  if (MULTI) group_barrier(a.barrier + blockIdx.y, gridDim.x);  // both hx buffers hold h0
   __syncthreads();
 
   for (int s = 0; s < a.nsteps; ++s) {
@@ -189,28 +249,22 @@ persistent_fwd_kernel(const FwdArgs<T> a) {
     const int nact = max(0, min(step_bs(a.steps, t, N) - b0, nbt));
     const size_t off = step_off(a.steps, t, a.nsteps, N) + b0;
 
-    // gate_s[b][r] = sum_k W[r][k] h[b][k]: consecutive threads take consecutive rows
-    // (odd-word row stride ldw: conflict-free) and share h (broadcast); 4 batch rows each.
-    const int nbg = (nact + 3) / 4;
-    for (int item = tid; item < R * nbg; item += nthr) {
-      const int r = item % R, bb = (item / R) * 4;
-      const T* wr = w_s + r * ldw;
-      const A* hb = h_s + bb * H;
-      A acc[4] = {A(0), A(0), A(0), A(0)};
-#pragma unroll 4
-      for (int k = 0; k < H; ++k) {
-        const A w = to_acc(wr[k]);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[q] += w * hb[q * H + k];
+    if (MULTI) {
+      const A* src = a.hx + (static_cast<size_t>((s + 1) & 1) * N + b0) * H;  // previous h
+      for (int k0 = 0; k0 < H; k0 += kc) {
+        const int kw = min(kc, H - k0);
+        load_chunk(h_s, kc, src, H, k0, kw, nact);
+        __syncthreads();
+        matvec_rows(w_s, ldw, k0, h_s, kc, kw, gate_s, R, R, nact, k0 == 0, static_cast<const A*>(nullptr));
+        __syncthreads();
       }
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        if (bb + q < nact) gate_s[(bb + q) * R + r] = acc[q];
+    } else {
+      matvec_rows(w_s, ldw, 0, h_s, H, H, gate_s, R, R, nact, true, static_cast<const A*>(nullptr));
+      __syncthreads();
     }
-    __syncthreads();
 
-    // Each (row, unit) is owned by one thread, so h_s can be updated in place: the
-    // matvec that read it is behind the barrier above.
+    // Each (row, unit) is owned by one thread, so h_s / hown_s can be updated in place:
+    // the matvec that read them is behind the barrier above.
     for (int item = tid; item < nact * hjn; item += nthr) {
       const int b = item / hjn, jj = item % hjn, j = j0 + jj;
       const size_t row = off + b;
@@ -222,29 +276,27 @@ persistent_fwd_kernel(const FwdArgs<T> a) {
         if (HAS_BIAS) hh[g] += to_acc(a.b_hh[g * H + j]);
       }
       A c = Cell::HAS_C ? c_s[b * hj + jj] : A(0);
-      const A h = Cell::forward(gx, hh, h_s[b * H + j], c, saved);
+      const A h = Cell::forward(gx, hh, MULTI ? hown_s[b * hj + jj] : h_s[b * H + j], c, saved);
       a.out[row * H + j] = from_acc<T>(h);
       if (SAVE)
 #pragma unroll
         for (int w = 0; w < Cell::WS; ++w) a.ws[(row * Cell::WS + w) * H + j] = from_acc<T>(saved[w]);
       if (Cell::HAS_C) c_s[b * hj + jj] = c;
-      if (MULTI)
+      if (MULTI) {
+        hown_s[b * hj + jj] = h;
         __stcg(a.hx + (static_cast<size_t>(s & 1) * N + b0 + b) * H + j, h);
-      else
+      } else {
         h_s[b * H + j] = h;
+      }
     }
-    if (MULTI) {
-      group_barrier(a.barrier + blockIdx.y, gridDim.x * (s + 1));
-      const A* src = a.hx + (static_cast<size_t>(s & 1) * N + b0) * H;
-      for (int i = tid; i < nact * H; i += nthr) h_s[i] = __ldcg(src + i);
-    }
+    if (MULTI) group_barrier(a.barrier + blockIdx.y, gridDim.x * (s + 2));
     __syncthreads();
   }
 
   for (int i = tid; i < nbt * hjn; i += nthr) {
-    const int b = i / hjn, j = j0 + i % hjn;
-    a.h_n[static_cast<size_t>(b0 + b) * H + j] = from_acc<T>(h_s[b * H + j]);
-    if (Cell::HAS_C) a.c_n[static_cast<size_t>(b0 + b) * H + j] = from_acc<T>(c_s[b * hj + j - j0]);
+    const int b = i / hjn, jj = i % hjn, j = j0 + jj;
+    a.h_n[static_cast<size_t>(b0 + b) * H + j] = from_acc<T>(MULTI ? hown_s[b * hj + jj] : h_s[b * H + j]);
+    if (Cell::HAS_C) a.c_n[static_cast<size_t>(b0 + b) * H + j] = from_acc<T>(c_s[b * hj + jj]);
   }
 }
 
@@ -253,35 +305,28 @@ persistent_fwd_kernel(const FwdArgs<T> a) {
 // CTA (x, y) owns hidden units J = [x*hj, x*hj + hj) of batch tile y and keeps dh[.,J]
 // (and dc) in shared memory. Per step: pointwise gate gradients for J; then
 // dh_prev[., J] = sum_r dgh[., r] W_hh[r, J] needs the gate gradients of ALL units, so
-// with several slices they go through the double-buffered `xch` and a tile barrier.
-// The transposed W_hh[:, J] slice stays in shared memory. Sums run in a fixed order:
-// results are bitwise reproducible.
+// with several slices (MULTI) they go through the double-buffered `xch` and a tile
+// barrier, and come back through shared memory kc columns at a time. The transposed
+// W_hh[:, J] slice stays in shared memory. Sums run in a fixed order: results are bitwise
+// reproducible.
 // ---------------------------------------------------------------------------------------
-template <typename T, typename Cell>
-struct BwdSmem {
-  static size_t bytes(int nb, int hj, int H, int ldw) {
-    const size_t nb4 = (nb + 3) / 4 * 4;
-    const size_t per_unit = 1 + (Cell::HAS_DIRECT ? 1 : 0) + (Cell::HAS_C ? 1 : 0);
-    return sizeof(acc_t<T>) * (nb4 * Cell::G * H + per_unit * nb * hj) +
-           sizeof(T) * static_cast<size_t>(hj) * ldw;
-  }
-};
-
 template <typename T, typename Cell, bool REVERSE, bool MULTI>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 1)
 persistent_bwd_kernel(const BwdArgs<T> a) {
   using A = acc_t<T>;
   constexpr int G = Cell::G;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = a.H, hj = a.hj, nb = a.nb, ldw = a.ldw, N = a.N;
   const int GH = G * H;
+  const int kc = MULTI ? a.kc : GH;
   const int nb4 = (nb + 3) / 4 * 4;
   const int j0 = blockIdx.x * hj, hjn = min(hj, H - j0);
   const int b0 = blockIdx.y * nb, nbt = min(nb, N - b0);
   const int tid = threadIdx.x, nthr = blockDim.x;
 
-  A* dg_s = reinterpret_cast<A*>(smem_raw);           // [nb4][GH] gate grads, all units
-  A* dh_s = dg_s + nb4 * GH;                           // [nb][hj]
+  // path_choice.h bwd_smem_bytes
+  A* dg_s = reinterpret_cast<A*>(smem_raw);           // [nb4][kc] gate grads (a chunk if MULTI)
+  A* dh_s = dg_s + nb4 * kc;                           // [nb][hj]
   A* dir_s = dh_s + nb * hj;                           // [nb][hj]  (GRU: dh * z)
   A* dc_s = dir_s + (Cell::HAS_DIRECT ? nb * hj : 0);  // [nb][hj]  (LSTM)
   T* wt_s = reinterpret_cast<T*>(dc_s + (Cell::HAS_C ? nb * hj : 0));  // [hj][ldw] = W^T
@@ -292,7 +337,7 @@ persistent_bwd_kernel(const BwdArgs<T> a) {
     const int r = i / hj, jj = i % hj;
     wt_s[jj * ldw + r] = jj < hjn ? a.w_hh[static_cast<size_t>(r) * H + j0 + jj] : T(0.0f);
   }
-  for (int i = tid; i < nb4 * GH; i += nthr) dg_s[i] = A(0);
+  for (int i = tid; i < nb4 * kc; i += nthr) dg_s[i] = A(0);
   for (int i = tid; i < nbt * hjn; i += nthr) {
     const int b = i / hjn, jj = i % hjn;
     const size_t src = static_cast<size_t>(b0 + b) * H + j0 + jj;
@@ -341,33 +386,25 @@ persistent_bwd_kernel(const BwdArgs<T> a) {
       if (Cell::HAS_DIRECT) dir_s[b * hj + jj] = direct;
       if (Cell::HAS_C) dc_s[b * hj + jj] = dc;
     }
+
+    // dh[b][jj] = direct + sum_r W[r][j] dg[b][r] over the wt_s rows of the own units.
+    const A* direct_s = Cell::HAS_DIRECT ? dir_s : nullptr;
     if (MULTI) {
       group_barrier(a.barrier + blockIdx.y, gridDim.x * (s + 1));
       const A* src = a.xch + (static_cast<size_t>(s & 1) * N + b0) * GH;
-      for (int i = tid; i < nact * GH; i += nthr) dg_s[i] = __ldcg(src + i);
-    }
-    __syncthreads();
-
-    // dh[b][jj] = direct + sum_r W[r][j] dg[b][r]: consecutive threads take consecutive
-    // units (rows of wt_s) and share dg (broadcast); 4 batch rows each.
-    const int nbg = (nact + 3) / 4;
-    for (int item = tid; item < hjn * nbg; item += nthr) {
-      const int jj = item % hjn, bb = (item / hjn) * 4;
-      const T* wr = wt_s + jj * ldw;
-      const A* db = dg_s + bb * GH;
-      A acc[4] = {A(0), A(0), A(0), A(0)};
-#pragma unroll 4
-      for (int r = 0; r < GH; ++r) {
-        const A w = to_acc(wr[r]);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[q] += w * db[q * GH + r];
+      for (int k0 = 0; k0 < GH; k0 += kc) {
+        const int kw = min(kc, GH - k0);
+        load_chunk(dg_s, kc, src, GH, k0, kw, nact);
+        __syncthreads();
+        matvec_rows(wt_s, ldw, k0, dg_s, kc, kw, dh_s, hjn, hj, nact, k0 == 0,
+                    k0 + kw >= GH ? direct_s : nullptr);
+        __syncthreads();
       }
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        if (bb + q < nact)
-          dh_s[(bb + q) * hj + jj] = acc[q] + (Cell::HAS_DIRECT ? dir_s[(bb + q) * hj + jj] : A(0));
+    } else {
+      __syncthreads();
+      matvec_rows(wt_s, ldw, 0, dg_s, GH, GH, dh_s, hjn, hj, nact, true, direct_s);
+      __syncthreads();
     }
-    __syncthreads();
   }
 
   for (int i = tid; i < nbt * hjn; i += nthr) {
@@ -496,75 +533,9 @@ __global__ void build_hprev_kernel(const T* out, const T* h0, const int* steps, 
 }
 
 // ---------------------------------------------------------------------------------------
-// Host side, still torch-free: tile planning and the launches. Every function returns the
-// launch's cudaError_t (cudaGetLastError after the launch) so the caller can check it.
+// Host side, still torch-free: the launches (the plan comes from path_choice.h). Every
+// function returns the launch's cudaError_t (cudaGetLastError after it) for the caller.
 // ---------------------------------------------------------------------------------------
-struct DeviceLimits {
-  int sm_count;
-  size_t smem_optin;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
-};
-
-struct Plan {
-  bool ok = false;  // false: no tile fits; use the per-step fallback
-  int nb = 0, hj = 0, threads = 0, tiles = 0, slices = 0, ldw = 0;
-  size_t smem = 0;
-};
-
-// Shared-memory row stride (elements) whose size in 4-byte words is odd, so that 32
-// threads reading one element each from 32 consecutive rows hit 32 different banks.
-template <typename T> inline int odd_word_stride(int n) {
-  if (sizeof(T) == 2) return (n + 1) / 2 * 2 + ((n + 1) / 2 % 2 == 0 ? 2 : 0);
-  return n % 2 == 1 ? n : n + 1;
-}
-
-// Picks (nb, hj) to minimise a per-step cost estimate in cycles: matvec FMAs per thread
-// (times waves of CTAs) plus ~2000 cycles per cross-CTA barrier. A plan with several
-// slices must fit one CTA per SM (cooperative launch). nb_force / hj_force > 0 pin the
-// tile (FASTRNN_CUDA_TILE), which is how the tests reach the multi-CTA path at small H.
-// The constants are first guesses, to be tuned against cuDNN on a GPU.
-template <typename T, typename Cell, bool BWD>
-Plan plan_persistent(int N, int H, const DeviceLimits& dev, int nb_force, int hj_force) {
-  Plan best;
-  double best_cost = 0;
-  const int nb_all[] = {1, 2, 4, 8, 16, 32};
-  const int hj_all[] = {H, 256, 128, 64, 32, 16, 8};
-  const int* nbs = nb_force > 0 ? &nb_force : nb_all;
-  const int* hjs = hj_force > 0 ? &hj_force : hj_all;
-  const int n_nb = nb_force > 0 ? 1 : 6, n_hj = hj_force > 0 ? 1 : 7;
-  for (int in = 0; in < n_nb; ++in) {
-    const int nb = nbs[in];
-    if (nb_force <= 0 && nb > 1 && nb / 2 >= N) continue;  // a tile at least half full
-    for (int ih = 0; ih < n_hj; ++ih) {
-      const int hj = hjs[ih];
-      if (hj > H || hj < 1) continue;
-      const int slices = (H + hj - 1) / hj, tiles = (N + nb - 1) / nb;
-      if (tiles > 65535) continue;
-      if (slices > 1 && static_cast<long>(slices) * tiles > dev.sm_count) continue;
-      const int ldw = odd_word_stride<T>(BWD ? Cell::G * H : H);
-      const size_t smem = BWD ? BwdSmem<T, Cell>::bytes(nb, hj, H, ldw)
-                              : FwdSmem<T, Cell>::bytes(nb, hj, H, ldw);
-      if (smem > dev.smem_optin) continue;
-      const int nb4 = (nb + 3) / 4 * 4;
-      // Work items of the two phases of a step: (row, 4 batch rows) matvec items and
-      // (batch row, unit) pointwise items; threads cover the larger, within [64, 256].
-      const long mv_items = BWD ? static_cast<long>(hj) * nb4 / 4 : static_cast<long>(Cell::G) * hj * nb4 / 4;
-      const long items = mv_items > static_cast<long>(nb) * hj ? mv_items : static_cast<long>(nb) * hj;
-      const long rounded = (items + 31) / 32 * 32;
-      const int threads = static_cast<int>(rounded < 64 ? 64 : (rounded > kMaxThreads ? kMaxThreads : rounded));
-      const double fma_per_thread = static_cast<double>(Cell::G) * hj * H * nb4 / threads;
-      const long waves = (static_cast<long>(slices) * tiles + dev.sm_count - 1) / dev.sm_count;
-      const double cost = waves * (1.5 * fma_per_thread + 300.0) + (slices > 1 ? 2000.0 : 0.0);
-      if (!best.ok || cost < best_cost) {
-        best.ok = true;
-        best.nb = nb; best.hj = hj; best.threads = threads; best.tiles = tiles;
-        best.slices = slices; best.ldw = ldw; best.smem = smem;
-        best_cost = cost;
-      }
-    }
-  }
-  return best;
-}
-
 template <typename Kernel, typename Args>
 cudaError_t launch_persistent(Kernel kernel, const Args& args, const Plan& p, bool cooperative,
                               cudaStream_t stream) {
@@ -598,11 +569,13 @@ inline int grid_for(long items, int threads) {
 // struct (tests/test_cuda_compile.py does) instantiates every kernel variant.
 template <typename T, typename Cell>
 struct Launch {
-  static Plan plan_fwd(int N, int H, const DeviceLimits& d, int nb, int hj) {
-    return plan_persistent<T, Cell, false>(N, H, d, nb, hj);
-  }
-  static Plan plan_bwd(int N, int H, const DeviceLimits& d, int nb, int hj) {
-    return plan_persistent<T, Cell, true>(N, H, d, nb, hj);
+  static constexpr CellShape kShape{Cell::G, Cell::HAS_C, Cell::HAS_DIRECT};
+
+  // P != H (projected LSTM) and force_step give the per-step path.
+  static Plan plan(bool backward, int N, int H, int P, const DeviceLimits& d, int nb, int hj, int kc,
+                   bool force_step) {
+    return choose_path(PathQuery{kShape, H, P, N, static_cast<int>(sizeof(T)), backward}, d, nb, hj, kc,
+                       force_step);
   }
 
   static cudaError_t persistent_fwd(const FwdArgs<T>& a, const Plan& p, bool bias, bool save,

@@ -1,9 +1,10 @@
 // Torch side of the CUDA kernels, shared by rnn.cu, gru.cu and lstm.cu: argument checks,
-// the input/weight GEMMs, and the choice between the persistent kernels (one launch per
-// layer-direction) and the per-step fallback (one cuBLAS GEMM + one pointwise kernel per
-// step). Neither path allocates inside its time loop or synchronises with the host, so
-// both can be captured in a CUDA graph (packed input needs one pinned host-to-device copy
-// of batch_sizes before the loop).
+// the input/weight GEMMs, and the run of the path that path_choice.h's choose_path picks:
+// the persistent kernels (single-CTA or cooperative, one launch per layer-direction) or
+// the per-step fallback (one cuBLAS GEMM + one pointwise kernel per step). Neither path
+// allocates inside its time loop or synchronises with the host, so both can be captured in
+// a CUDA graph (packed input needs one pinned host-to-device copy of batch_sizes before
+// the loop).
 //
 // Only c10/cuda headers are used (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS and
 // cuSPARSE headers) so that tests/test_cuda_compile.py can compile these files on a
@@ -11,7 +12,8 @@
 //
 // Environment, read per call (cheap), for testing and tuning on a GPU:
 //   FASTRNN_CUDA_PATH=step      force the per-step fallback
-//   FASTRNN_CUDA_TILE=nb,hj     force the persistent tile (batch rows, hidden units per CTA)
+//   FASTRNN_CUDA_TILE=nb,hj[,kc] force the persistent tile (batch rows, hidden units per CTA)
+//                               and cap the cooperative path's exchange chunk
 #pragma once
 
 #include <ATen/ATen.h>
@@ -49,20 +51,29 @@ inline bool force_step_path() {
   return v != nullptr && std::strcmp(v, "step") == 0;
 }
 
-inline void forced_tile(int& nb, int& hj) {
-  nb = hj = 0;
+// FASTRNN_CUDA_TILE=nb,hj[,kc]; zeros where not forced.
+inline void forced_tile(int& nb, int& hj, int& kc) {
+  nb = hj = kc = 0;
   if (const char* v = std::getenv("FASTRNN_CUDA_TILE")) {
-    TORCH_CHECK(std::sscanf(v, "%d,%d", &nb, &hj) == 2 && nb > 0 && hj > 0,
-                "fastrnn: FASTRNN_CUDA_TILE must be 'nb,hj' (two positive integers), got '", v, "'");
+    char rest = 0;
+    const int n = std::sscanf(v, "%d,%d,%d%c", &nb, &hj, &kc, &rest);
+    TORCH_CHECK((n == 2 || n == 3) && nb > 0 && hj > 0 && (n == 2 || kc > 0),
+                "fastrnn: FASTRNN_CUDA_TILE must be 'nb,hj' or 'nb,hj,kc' (positive integers), got '", v,
+                "'");
+    if (n == 2) kc = 0;
   }
 }
 
+// What path_choice.h's choose_path needs of the device (fastrnn/cuda_paths.py reads the
+// same three properties through torch.cuda).
 inline DeviceLimits device_limits(int device) {
   DeviceLimits d;
-  int smem = 0;
+  int smem = 0, coop = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
   d.smem_optin = static_cast<size_t>(smem);
+  d.cooperative = coop != 0;
   return d;
 }
 
@@ -205,11 +216,10 @@ FwdResult layer_fwd(const char* op, const Tensor& input, const c10::optional<Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastrnn_cuda_layer", [&] {
     using T = typename CudaScalar<scalar_t>::type;
     using L = Launch<T, Cell>;
-    int nb_force, hj_force;
-    forced_tile(nb_force, hj_force);
-    const Plan plan = proj || force_step_path()
-                          ? Plan{}
-                          : L::plan_fwd(N, H, device_limits(input.get_device()), nb_force, hj_force);
+    int nb_force, hj_force, kc_force;
+    forced_tile(nb_force, hj_force, kc_force);
+    const Plan plan = L::plan(false, N, H, P, device_limits(input.get_device()), nb_force, hj_force, kc_force,
+                              force_step_path());
     if (plan.ok) {
       FwdArgs<T> a{};
       a.gx = ptr<T>(gx);
@@ -223,7 +233,7 @@ FwdResult layer_fwd(const char* op, const Tensor& input, const c10::optional<Ten
       a.c_n = ptr<T>(r.c_n);
       a.ws = ptr<T>(r.ws);
       a.nsteps = st.T; a.N = N; a.H = H;
-      a.nb = plan.nb; a.hj = plan.hj; a.ldw = plan.ldw;
+      a.nb = plan.nb; a.hj = plan.hj; a.kc = plan.kc; a.ldw = plan.ldw;
       Tensor hx, barrier;
       if (plan.slices > 1) {
         hx = at::empty({2, N, H}, opts.dtype(acc_dtype(input.scalar_type())));
@@ -313,11 +323,10 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastrnn_cuda_layer", [&] {
       using T = typename CudaScalar<scalar_t>::type;
       using L = Launch<T, Cell>;
-      int nb_force, hj_force;
-      forced_tile(nb_force, hj_force);
-      const Plan plan = proj || force_step_path()
-                            ? Plan{}
-                            : L::plan_bwd(N, H, device_limits(input.get_device()), nb_force, hj_force);
+      int nb_force, hj_force, kc_force;
+      forced_tile(nb_force, hj_force, kc_force);
+      const Plan plan = L::plan(true, N, H, P, device_limits(input.get_device()), nb_force, hj_force,
+                                kc_force, force_step_path());
       if (plan.ok) {
         BwdArgs<T> a{};
         a.grad_out = ptr<T>(gout);
@@ -335,7 +344,7 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
         a.grad_h0 = ptr<T>(r.grad_h0);
         a.grad_c0 = ptr<T>(r.grad_c0);
         a.nsteps = st.T; a.N = N; a.H = H;
-        a.nb = plan.nb; a.hj = plan.hj; a.ldw = plan.ldw;
+        a.nb = plan.nb; a.hj = plan.hj; a.kc = plan.kc; a.ldw = plan.ldw;
         Tensor xch, barrier;
         if (plan.slices > 1) {
           xch = at::empty({2, N, G * H}, opts.dtype(acc_dtype(input.scalar_type())));
