@@ -7,6 +7,7 @@ FASTRNN_NO_EXTENSION=1 skips the extension (the package then runs on 'reference'
 """
 import glob
 import os
+import platform
 
 import torch
 from setuptools import setup
@@ -28,7 +29,11 @@ def extensions():
     if os.environ.get("FASTRNN_NO_EXTENSION") == "1":
         return []
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # -fno-trapping-math (as torch itself is built) lets GCC vectorise the gate loops'
+    # NaN-preserving clamps; AVX2+FMA (every x86-64 server since 2013) runs them 8 wide.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        cxx_flags += ["-mavx2", "-mfma"]
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     if not with_cuda:
         return [CppExtension("fastrnn._C", sources, extra_compile_args={"cxx": cxx_flags},

@@ -27,7 +27,18 @@ def has_kernel(device_type):
     """Whether the compiled library has kernels for this dispatch key ('CPU', 'CUDA')."""
     if LOAD_ERROR is not None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::gru_layer_fwd", device_type)
+    # A plain dict lookup, so torch.compile traces the modules' backend choice without a
+    # graph break (Dynamo cannot trace the dispatcher query itself).
+    if device_type not in _HAS_KERNEL:
+        _HAS_KERNEL[device_type] = torch._C._dispatch_has_kernel_for_dispatch_key(
+            "fastrnn::gru_layer_fwd", device_type)
+    return _HAS_KERNEL[device_type]
+
+
+_HAS_KERNEL = {}
+if LOAD_ERROR is None:
+    for _key in ("CPU", "CUDA"):
+        has_kernel(_key)
 
 
 def _fake_layer_outputs(input, batch_sizes, h0):
@@ -37,10 +48,16 @@ def _fake_layer_outputs(input, batch_sizes, h0):
     return input.new_empty(input.shape[0], h0.shape[-1])
 
 
-def _fake_workspace(input, need_workspace):
-    # The workspace layout is private to each backend; an empty stand-in keeps tracing
-    # shape-correct for every output the user can see.
-    return input.new_empty(0)
+def _fake_workspace(input, batch_sizes, need_workspace, width):
+    """The workspace every backend's *_layer_fwd returns: [S, width] rows (S = packed rows,
+    T*N padded) when need_workspace and the cell keeps one, else an empty [0] tensor.
+    width: GRU 4H (r, z, n, W_hn h + b_hn), LSTM 5H (i, f, g, o, c'), RNN 0 (none).
+    The layout inside a row is the backend's own; the shape is shared so one fake serves
+    every backend."""
+    if not need_workspace or width == 0:
+        return input.new_empty(0)
+    rows = input.shape[0] if batch_sizes is not None else input.shape[0] * input.shape[1]
+    return input.new_empty(rows, width)
 
 
 def _register_fakes():
@@ -49,17 +66,18 @@ def _register_fakes():
     @torch.library.register_fake(lib + "rnn_layer_fwd")
     def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, need_workspace):
         return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
-                _fake_workspace(input, need_workspace))
+                _fake_workspace(input, batch_sizes, need_workspace, 0))
 
     @torch.library.register_fake(lib + "gru_layer_fwd")
     def _(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, need_workspace):
         return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
-                _fake_workspace(input, need_workspace))
+                _fake_workspace(input, batch_sizes, need_workspace, 4 * w_hh.shape[1]))
 
     @torch.library.register_fake(lib + "lstm_layer_fwd")
     def _(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace):
         return (_fake_layer_outputs(input, batch_sizes, h0), torch.empty_like(h0),
-                torch.empty_like(c0), _fake_workspace(input, need_workspace))
+                torch.empty_like(c0),
+                _fake_workspace(input, batch_sizes, need_workspace, 5 * c0.shape[-1]))
 
     def weight_grads(w_ih, w_hh):
         return (torch.empty_like(w_ih), torch.empty_like(w_hh),

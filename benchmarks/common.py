@@ -1,0 +1,92 @@
+"""Shared benchmark plumbing: the machine header every result file starts with, timing
+helpers, and JSON + markdown writers. Device-agnostic: GPU scripts pass a `sync`
+callable (torch.cuda.synchronize) so host timers measure finished work.
+"""
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_header(device="cpu", threads=None):
+    """What a reader needs to judge the numbers: device, CPU/GPU model, versions, thread
+    count, date, and the load average (other work on the machine skews timings)."""
+    header = {
+        "device": device,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        header["gpu"] = torch.cuda.get_device_name()
+    if hasattr(os, "getloadavg"):
+        header["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    return header
+
+
+def time_interleaved(fns, reps, warmup=3, sync=None):
+    """Median seconds per call of each fn in `fns` (a dict name -> callable).
+
+    The fns are timed in alternation, one call each per round, so a burst of load on a
+    shared machine hits every contender alike and their ratios stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    if sync:
+        sync()
+    samples = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def markdown_table(columns, rows):
+    """rows: list of dicts; columns: list of (key, title, format or None)."""
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key, "")
+            cells.append(fmt.format(value) if fmt and value != "" else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(stem, header, rows, columns, title, notes=()):
+    """benchmarks/results/<stem>.json ({header, rows}) and <stem>.md (header + table)."""
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    md = [f"# {title}", ""]
+    md += [f"- {key}: {value}" for key, value in header.items()]
+    md += ["", *notes, "", markdown_table(columns, rows), ""]
+    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+        f.write("\n".join(md))
+    return os.path.join(out_dir, stem + ".md")

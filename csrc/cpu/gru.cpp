@@ -1,0 +1,219 @@
+// CPU GRU layer, forward and backward (torch.nn.GRU's equations, gate rows r, z, n):
+//   r = sig(x_r + h_r), z = sig(x_z + h_z), n = tanh(x_n + r * h_n), h' = n + z (h - n)
+// where x_* = W_i* x + b_i* (one GEMM over all steps) and h_* = W_h* h + b_h*.
+//
+// Workspace [S, 4H], row = [r | z | n | h_n] of that row's step (h_n = W_hn h + b_hn, kept
+// because the backward needs it and it sits inside the r product). h_{t-1} is not
+// stored: the backward rebuilds it from output and h0.
+#include "packed_steps.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+constexpr int64_t G = 3;
+
+// One row's units [u0, u0+ub) of one step; every pointer is pre-offset to unit u0:
+//   xp [3H] input projection (b_ih included), gh [3*ub] W_hh h block (gate-major, no
+//   bias), bhh [3H], hp [ub] h_{t-1}, h [ub] h_t out, ws [4H] workspace row.
+template <typename T, bool kSave>
+inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
+                    const T* __restrict__ bhh, const T* __restrict__ hp, T* __restrict__ h,
+                    T* __restrict__ ws) {
+  for (int64_t j = 0; j < ub; ++j) {
+    const T r = sigmoid(xp[j] + gh[j] + bhh[j]);
+    const T z = sigmoid(xp[H + j] + gh[ub + j] + bhh[H + j]);
+    const T hn = gh[2 * ub + j] + bhh[2 * H + j];
+    const T n = tanh_(xp[2 * H + j] + r * hn);
+    h[j] = n + z * (hp[j] - n);
+    if (kSave) {
+      ws[j] = r;
+      ws[H + j] = z;
+      ws[2 * H + j] = n;
+      ws[3 * H + j] = hn;
+    }
+  }
+}
+
+// Gradients of one row's units at one step, pointers pre-offset to unit u0:
+//   dh [ub] dL/dh_t, ws [4H] workspace row, hp [ub] h_{t-1}, dgi/dgh [3H] out: gradients
+//   of the input-side and hidden-side gate pre-activations (they differ in the n gate).
+template <typename T>
+inline void bwd_row(int64_t ub, int64_t H, const T* __restrict__ dh, const T* __restrict__ ws,
+                    const T* __restrict__ hp, T* __restrict__ dgi, T* __restrict__ dgh) {
+  for (int64_t j = 0; j < ub; ++j) {
+    const T r = ws[j], z = ws[H + j], n = ws[2 * H + j], hn = ws[3 * H + j];
+    const T g = dh[j];
+    const T dan = g * (T(1) - z) * (T(1) - n * n);
+    const T dar = dan * hn * r * (T(1) - r);
+    const T daz = g * (hp[j] - n) * z * (T(1) - z);
+    dgi[j] = dar;
+    dgi[H + j] = daz;
+    dgi[2 * H + j] = dan;
+    dgh[j] = dar;
+    dgh[H + j] = daz;
+    dgh[2 * H + j] = dan * r;
+  }
+}
+
+template <typename T, bool kSave>
+void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+             const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws, T* scratch) {
+  const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
+  T* xp = scratch;                                // [S, 3H]
+  T* wblk = xp + st.S * GH;                       // [nblk][H][3*kUnitBlock]
+  T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
+  T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
+  T* wt = hbuf + N * H;                           // [C, 3H]
+
+  input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
+  pack_unit_blocks(w_hh, G, H, H, wblk);
+
+  for (int64_t i = 0; i < st.T; ++i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* hp = h0;
+    if (i > 0) {
+      const T* prev = out + st.off[st.time(i - 1)] * H;
+      if (nc == bt) {
+        hp = prev;
+      } else {  // reverse packed: rows starting now take h0
+        std::copy(prev, prev + nc * H, hbuf);
+        std::copy(h0 + nc * H, h0 + bt * H, hbuf + nc * H);
+        hp = hbuf;
+      }
+    }
+    const int64_t nrt = div_up(bt, kRowTile);
+    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * G * std::min(H, kUnitBlock) * H,
+                   [&](int64_t tile) {
+      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
+      gemm_rm(false, false, rows, G * ub, H, hp + r0 * H, H, wblk + k * H * G * kUnitBlock,
+              G * ub, T(0), g, G * ub);
+      for (int64_t r = r0; r < r0 + rows; ++r)
+        fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+                          hp + r * H + u0, out + (off + r) * H + u0,
+                          kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
+    });
+  }
+  gather_last(st, out, H, hn);
+}
+
+template <typename T>
+void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+              const T* h0, const T* out, const T* ws, T* dout, T* dh, T* dx, T* dw_ih,
+              T* dw_hh, T* db_ih, T* db_hh, T* scratch) {
+  const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
+  T* dgi = scratch;          // [S, 3H]
+  T* dgh = dgi + S * GH;     // [S, 3H]
+  T* hprev = dgh + S * GH;   // [S, H]
+  gather_prev(st, h0, H, out, H, H, hprev);
+
+  for (int64_t i = st.T - 1; i >= 0; --i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    add_state_grad(dout + off * H, dh, bt * H);
+    const int64_t nrt = div_up(bt, kRowTile);
+    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * 16,
+                   [&](int64_t tile) {
+      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+      const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      for (int64_t r = off + r0; r < off + r0 + rows; ++r)
+        bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
+                dgi + r * GH + u0, dgh + r * GH + u0);
+    });
+    // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh.
+    grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, dh,
+                       [&](int64_t r, int64_t p0, int64_t p1, T* o) {
+      const T* g = dout + (off + r) * H;
+      const T* z = ws + (off + r) * 4 * H + H;
+      for (int64_t p = p0; p < p1; ++p) o[p] = g[p] * z[p];
+      return true;
+    });
+  }
+  tiled_gemm(true, false, GH, C, S, dgi, GH, x, C, T(0), dw_ih, C);
+  tiled_gemm(false, false, S, C, GH, dgi, GH, w_ih, C, T(0), dx, C);
+  tiled_gemm(true, false, GH, H, S, dgh, GH, hprev, H, T(0), dw_hh, H);
+  column_sums(dgi, S, GH, GH, db_ih);
+  column_sums(dgh, S, GH, GH, db_hh);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
+    const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    bool reverse, bool need_workspace) {
+  const int64_t H = w_hh_.size(1);
+  check_layer("gru_layer_fwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, H);
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
+  const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
+  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, H}, input.options())
+                                              : at::empty({st.T, N, H}, input.options());
+  at::Tensor h_n = at::empty({N, H}, input.options());
+  at::Tensor ws = need_workspace ? at::empty({st.S, 4 * H}, input.options())
+                                 : at::empty({0}, input.options());
+  at::Tensor scratch = at::empty(
+      {(st.S + C) * G * H + nblk * (H + N) * G * kUnitBlock + N * H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {
+    auto run = need_workspace ? forward<scalar_t, true> : forward<scalar_t, false>;
+    run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+        w_hh.const_data_ptr<scalar_t>(), bih.const_data_ptr<scalar_t>(),
+        bhh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+        output.mutable_data_ptr<scalar_t>(), h_n.mutable_data_ptr<scalar_t>(),
+        ws.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<scalar_t>());
+  });
+  return {output, h_n, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+              const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
+              const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+              const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+              const at::Tensor& output_, const at::Tensor& workspace, bool reverse) {
+  const int64_t H = w_hh_.size(1);
+  check_layer("gru_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, H);
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == st.S && workspace.size(1) == 4 * H,
+              "fastrnn::gru_layer_bwd: workspace must be [", st.S, ",", 4 * H,
+              "] from gru_layer_fwd(need_workspace=True) of the CPU backend, got ",
+              workspace.sizes());
+  TORCH_CHECK(grad_output.numel() == st.S * H && grad_h_n.numel() == st.N * H &&
+                  output_.numel() == st.S * H,
+              "fastrnn::gru_layer_bwd: grad_output/output must have S*H elements and grad_h_n N*H");
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
+  const int64_t C = input.size(-1), GH = G * H;
+  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
+  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dw_ih = at::empty({GH, C}, input.options());
+  at::Tensor dw_hh = at::empty({GH, H}, input.options());
+  at::Tensor db_ih = at::empty({GH}, input.options());
+  at::Tensor db_hh = at::empty({GH}, input.options());
+  at::Tensor scratch = at::empty({st.S * (2 * GH + H)}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
+    backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
+                       w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
+                       h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
+                       ws.const_data_ptr<scalar_t>(), dout.mutable_data_ptr<scalar_t>(),
+                       dh.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                       dw_ih.mutable_data_ptr<scalar_t>(), dw_hh.mutable_data_ptr<scalar_t>(),
+                       db_ih.mutable_data_ptr<scalar_t>(), db_hh.mutable_data_ptr<scalar_t>(),
+                       scratch.mutable_data_ptr<scalar_t>());
+  });
+  return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db_ih, db_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("gru_layer_fwd", TORCH_FN(gru_layer_fwd));
+  m.impl("gru_layer_bwd", TORCH_FN(gru_layer_bwd));
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

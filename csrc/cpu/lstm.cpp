@@ -1,0 +1,274 @@
+// CPU LSTM layer, forward and backward (torch.nn.LSTM's equations, gate rows i, f, g, o):
+//   c' = sig(f) c + sig(i) tanh(g),  h' = sig(o) tanh(c'),  then h' = W_hr h' when the
+//   layer has a projection (w_hr [P,H]; P == H without one).
+//
+// Workspace [S, 5H], row = [i | f | g | o | c'] (activated gates and the new cell) of that
+// row's step. h_{t-1}, c_{t-1} and the unprojected h' are rebuilt in the backward from
+// output, c0/h0 and the workspace rather than stored.
+#include "packed_steps.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+constexpr int64_t G = 4;
+
+// One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
+//   xp [4H] input projection (b_ih included), gh [4*ub] W_hh h block (gate-major, no
+//   bias), bhh [4H], c [ub] cell state (c_{t-1} in, c_t out), h [ub] unprojected h_t out,
+//   ws [5H] workspace row.
+template <typename T, bool kSave>
+inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
+                    const T* __restrict__ bhh, T* __restrict__ c, T* __restrict__ h,
+                    T* __restrict__ ws) {
+  for (int64_t j = 0; j < ub; ++j) {
+    const T ig = sigmoid(xp[j] + gh[j] + bhh[j]);
+    const T fg = sigmoid(xp[H + j] + gh[ub + j] + bhh[H + j]);
+    const T gg = tanh_(xp[2 * H + j] + gh[2 * ub + j] + bhh[2 * H + j]);
+    const T og = sigmoid(xp[3 * H + j] + gh[3 * ub + j] + bhh[3 * H + j]);
+    const T cn = fg * c[j] + ig * gg;
+    c[j] = cn;
+    h[j] = og * tanh_(cn);
+    if (kSave) {
+      ws[j] = ig;
+      ws[H + j] = fg;
+      ws[2 * H + j] = gg;
+      ws[3 * H + j] = og;
+      ws[4 * H + j] = cn;
+    }
+  }
+}
+
+// Gradients of one row's units at one step, pointers pre-offset to u0:
+//   dhr [ub] dL/d(unprojected h_t), ws [5H] workspace row, cp [ub] c_{t-1},
+//   dc [ub] dL/dc_t in, dL/dc_{t-1} out, dg [4H] out: gate pre-activation gradients,
+//   hraw [ub] out (kProj only): the unprojected h_t, for the W_hr gradient.
+template <typename T, bool kProj>
+inline void bwd_row(int64_t ub, int64_t H, const T* __restrict__ dhr, const T* __restrict__ ws,
+                    const T* __restrict__ cp, T* __restrict__ dc, T* __restrict__ dg,
+                    T* __restrict__ hraw) {
+  for (int64_t j = 0; j < ub; ++j) {
+    const T ig = ws[j], fg = ws[H + j], gg = ws[2 * H + j], og = ws[3 * H + j];
+    const T tc = tanh_(ws[4 * H + j]);
+    const T dcc = dc[j] + dhr[j] * og * (T(1) - tc * tc);
+    dc[j] = dcc * fg;
+    dg[j] = dcc * gg * ig * (T(1) - ig);
+    dg[H + j] = dcc * cp[j] * fg * (T(1) - fg);
+    dg[2 * H + j] = dcc * ig * (T(1) - gg * gg);
+    dg[3 * H + j] = dhr[j] * tc * og * (T(1) - og);
+    if (kProj) hraw[j] = og * tc;
+  }
+}
+
+template <typename T, bool kSave, bool kProj>
+void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
+             const T* w_hh, const T* bih, const T* bhh, const T* w_hr, const T* h0, T* out,
+             T* hn, T* cs, T* ws, T* scratch) {
+  const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
+  T* xp = scratch;                            // [S, 4H]
+  T* wblk = xp + st.S * GH;                   // [nblk][P][4*kUnitBlock]
+  T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
+  T* hbuf = gh + nblk * N * G * kUnitBlock;   // [N, P]
+  T* hraw = hbuf + N * P;                     // [N, H] (kProj)
+  T* whr_t = hraw + (kProj ? N * H : 0);      // [H, P] (kProj)
+  T* wt = whr_t + (kProj ? H * P : 0);        // [C, 4H]
+
+  input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
+  pack_unit_blocks(w_hh, G, H, P, wblk);
+  if (kProj)
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t u = 0; u < H; ++u) whr_t[u * P + p] = w_hr[p * H + u];
+
+  for (int64_t i = 0; i < st.T; ++i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* hp = h0;
+    if (i > 0) {
+      const T* prev = out + st.off[st.time(i - 1)] * P;
+      if (nc == bt) {
+        hp = prev;
+      } else {  // reverse packed: rows starting now take h0 (c0 is already in cs)
+        std::copy(prev, prev + nc * P, hbuf);
+        std::copy(h0 + nc * P, h0 + bt * P, hbuf + nc * P);
+        hp = hbuf;
+      }
+    }
+    // Without a projection the cells write h_t straight into the output rows.
+    T* hdst = kProj ? hraw : out + off * H;
+    const int64_t nrt = div_up(bt, kRowTile);
+    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * G * std::min(H, kUnitBlock) * P,
+                   [&](int64_t tile) {
+      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
+      gemm_rm(false, false, rows, G * ub, P, hp + r0 * P, P, wblk + k * P * G * kUnitBlock,
+              G * ub, T(0), g, G * ub);
+      for (int64_t r = r0; r < r0 + rows; ++r)
+        fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+                          cs + r * H + u0, hdst + r * H + u0,
+                          kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
+    });
+    if (kProj) {
+      const int64_t ncb = div_up(P, kUnitBlock);
+      parallel_tiles(nrt * ncb, std::min(bt, kRowTile) * std::min(P, kUnitBlock) * H,
+                     [&](int64_t tile) {
+        const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+        const int64_t p0 = (tile / nrt) * kUnitBlock, pc = std::min(kUnitBlock, P - p0);
+        gemm_rm(false, false, rows, pc, H, hraw + r0 * H, H, whr_t + p0, P, T(0),
+                out + (off + r0) * P + p0, P);
+      });
+    }
+  }
+  gather_last(st, out, P, hn);
+}
+
+template <typename T, bool kProj>
+void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
+              const T* w_hh, const T* w_hr, const T* h0, const T* c0, const T* out,
+              const T* ws, T* dout, T* dh, T* dc, T* dx, T* dw_ih, T* dw_hh, T* db, T* dw_hr,
+              T* scratch) {
+  const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
+  T* dg = scratch;              // [S, 4H] gate pre-activation gradients (both sides)
+  T* hprev = dg + S * GH;       // [S, P]
+  T* cprev = hprev + S * P;     // [S, H]
+  T* hraw = cprev + S * H;      // [S, H] (kProj) unprojected h_t
+  T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
+  gather_prev(st, h0, P, out, P, P, hprev);
+  gather_prev(st, c0, H, ws + 4 * H, 5 * H, H, cprev);
+
+  for (int64_t i = st.T - 1; i >= 0; --i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    add_state_grad(dout + off * P, dh, bt * P);
+    const int64_t nrt = div_up(bt, kRowTile);
+    parallel_tiles(nrt * nblk,
+                   std::min(bt, kRowTile) * std::min(H, kUnitBlock) * (kProj ? P : 16),
+                   [&](int64_t tile) {
+      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+      const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      if (kProj)
+        gemm_rm(false, false, rows, ub, P, dout + (off + r0) * P, P, w_hr + u0, H, T(0),
+                dhraw + r0 * H + u0, H);
+      for (int64_t r = r0; r < r0 + rows; ++r) {
+        const int64_t row = off + r;
+        bwd_row<T, kProj>(ub, H, kProj ? dhraw + r * H + u0 : dout + row * P + u0,
+                          ws + row * 5 * H + u0, cprev + row * H + u0, dc + r * H + u0,
+                          dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
+      }
+    });
+    grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, dh,
+                       [](int64_t, int64_t, int64_t, T*) { return false; });
+  }
+  tiled_gemm(true, false, GH, C, S, dg, GH, x, C, T(0), dw_ih, C);
+  tiled_gemm(false, false, S, C, GH, dg, GH, w_ih, C, T(0), dx, C);
+  tiled_gemm(true, false, GH, P, S, dg, GH, hprev, P, T(0), dw_hh, P);
+  if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
+  column_sums(dg, S, GH, GH, db);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
+    const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0_, const at::Tensor& c0_, const at::Tensor& w_ih_,
+    const at::Tensor& w_hh_, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr_,
+    bool reverse, bool need_workspace) {
+  const bool proj = w_hr_.has_value() && w_hr_->defined();
+  const int64_t H = w_hh_.size(0) / G, P = w_hh_.size(1);
+  check_layer("lstm_layer_fwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, P);
+  TORCH_CHECK(c0_.dim() == 2 && c0_.size(0) == h0_.size(0) && c0_.size(1) == H &&
+                  c0_.scalar_type() == input_.scalar_type(),
+              "fastrnn::lstm_layer_fwd: c0 must be [N,", H, "] of the input's dtype, got ",
+              c0_.sizes(), " ", c0_.scalar_type());
+  TORCH_CHECK(proj ? (w_hr_->dim() == 2 && w_hr_->size(0) == P && w_hr_->size(1) == H &&
+                      w_hr_->scalar_type() == input_.scalar_type())
+                   : P == H,
+              "fastrnn::lstm_layer_fwd: w_hr must be [P,H] = [", P, ",", H,
+              "] of the input's dtype (or None with w_hh [4H,H])");
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
+  const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
+  const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
+  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, P}, input.options())
+                                              : at::empty({st.T, N, P}, input.options());
+  at::Tensor h_n = at::empty({N, P}, input.options());
+  at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
+  at::Tensor ws = need_workspace ? at::empty({st.S, 5 * H}, input.options())
+                                 : at::empty({0}, input.options());
+  at::Tensor scratch = at::empty({(st.S + C) * G * H + nblk * (P + N) * G * kUnitBlock + N * P +
+                                  (proj ? N * H + H * P : 0)},
+                                 input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd", [&] {
+    using T = scalar_t;
+    auto run = need_workspace ? (proj ? forward<T, true, true> : forward<T, true, false>)
+                              : (proj ? forward<T, false, true> : forward<T, false, false>);
+    run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
+        w_hh.const_data_ptr<T>(), bih.const_data_ptr<T>(), bhh.const_data_ptr<T>(),
+        proj ? w_hr.const_data_ptr<T>() : nullptr, h0.const_data_ptr<T>(),
+        output.mutable_data_ptr<T>(), h_n.mutable_data_ptr<T>(), c_n.mutable_data_ptr<T>(),
+        ws.mutable_data_ptr<T>(), scratch.mutable_data_ptr<T>());
+  });
+  return {output, h_n, c_n, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+               const at::Tensor& grad_c_n, const at::Tensor& input_,
+               const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0_,
+               const at::Tensor& c0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+               const std::optional<at::Tensor>& w_hr_, const at::Tensor& output_,
+               const at::Tensor& c_n, const at::Tensor& workspace, bool reverse) {
+  const bool proj = w_hr_.has_value() && w_hr_->defined();
+  const int64_t H = w_hh_.size(0) / G, P = w_hh_.size(1);
+  check_layer("lstm_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, P);
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == st.S && workspace.size(1) == 5 * H,
+              "fastrnn::lstm_layer_bwd: workspace must be [", st.S, ",", 5 * H,
+              "] from lstm_layer_fwd(need_workspace=True) of the CPU backend, got ",
+              workspace.sizes());
+  TORCH_CHECK(grad_output.numel() == st.S * P && grad_h_n.numel() == st.N * P &&
+                  grad_c_n.numel() == st.N * H && output_.numel() == st.S * P &&
+                  c0_.numel() == st.N * H,
+              "fastrnn::lstm_layer_bwd: grad_output/output must have S*P elements, "
+              "grad_h_n N*P, grad_c_n and c0 N*H");
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
+  const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
+  const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
+  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
+  at::Tensor dc = grad_c_n.contiguous().clone();        // ends as grad_c0
+  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dw_ih = at::empty({GH, C}, input.options());
+  at::Tensor dw_hh = at::empty({GH, P}, input.options());
+  at::Tensor db = at::empty({GH}, input.options());
+  at::Tensor dw_hr = proj ? at::empty({P, H}, input.options()) : at::empty({0}, input.options());
+  at::Tensor scratch =
+      at::empty({S * (GH + P + H) + (proj ? S * H + N * H : 0)}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
+    using T = scalar_t;
+    auto run = proj ? backward<T, true> : backward<T, false>;
+    run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
+        w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,
+        h0.const_data_ptr<T>(), c0.const_data_ptr<T>(), output.const_data_ptr<T>(),
+        ws.const_data_ptr<T>(), dout.mutable_data_ptr<T>(), dh.mutable_data_ptr<T>(),
+        dc.mutable_data_ptr<T>(), dx.mutable_data_ptr<T>(), dw_ih.mutable_data_ptr<T>(),
+        dw_hh.mutable_data_ptr<T>(), db.mutable_data_ptr<T>(),
+        proj ? dw_hr.mutable_data_ptr<T>() : nullptr, scratch.mutable_data_ptr<T>());
+  });
+  // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
+  return {dx, dh.view(h0_.sizes()), dc.view(c0_.sizes()), dw_ih, dw_hh, db, db.clone(),
+          dw_hr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("lstm_layer_fwd", TORCH_FN(lstm_layer_fwd));
+  m.impl("lstm_layer_bwd", TORCH_FN(lstm_layer_bwd));
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

@@ -1,0 +1,166 @@
+// CPU Elman RNN layer, forward and backward (torch.nn.RNN):
+//   h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+//
+// No workspace (an empty tensor): act' is a function of the output alone (1 - h'^2 for
+// tanh, h' > 0 for relu) and h_{t-1} is rebuilt from output and h0.
+#include "packed_steps.h"
+
+namespace fastrnn {
+namespace cpu {
+namespace {
+
+// One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
+//   xp [ub] input projection (b_ih included), gh [ub] W_hh h block, bhh [ub], h [ub] out.
+template <typename T, bool kRelu>
+inline void fwd_row(int64_t ub, const T* __restrict__ xp, const T* __restrict__ gh,
+                    const T* __restrict__ bhh, T* __restrict__ h) {
+  for (int64_t j = 0; j < ub; ++j) {
+    const T a = xp[j] + gh[j] + bhh[j];
+    h[j] = kRelu ? relu_(a) : tanh_(a);
+  }
+}
+
+template <typename T, bool kRelu>
+void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+             const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* scratch) {
+  const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
+  T* xp = scratch;                          // [S, H]
+  T* wblk = xp + st.S * H;                  // [nblk][H][kUnitBlock]
+  T* gh = wblk + nblk * H * kUnitBlock;     // [nblk][N][kUnitBlock]
+  T* hbuf = gh + nblk * N * kUnitBlock;     // [N, H]
+  T* wt = hbuf + N * H;                     // [C, H]
+
+  input_projection(st.S, H, C, x, w_ih, bih, xp, wt);
+  pack_unit_blocks(w_hh, 1, H, H, wblk);
+
+  for (int64_t i = 0; i < st.T; ++i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* hp = h0;
+    if (i > 0) {
+      const T* prev = out + st.off[st.time(i - 1)] * H;
+      if (nc == bt) {
+        hp = prev;
+      } else {  // reverse packed: rows starting now take h0
+        std::copy(prev, prev + nc * H, hbuf);
+        std::copy(h0 + nc * H, h0 + bt * H, hbuf + nc * H);
+        hp = hbuf;
+      }
+    }
+    const int64_t nrt = div_up(bt, kRowTile);
+    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * H,
+                   [&](int64_t tile) {
+      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
+      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      T* g = gh + k * N * kUnitBlock + r0 * ub;
+      gemm_rm(false, false, rows, ub, H, hp + r0 * H, H, wblk + k * H * kUnitBlock, ub, T(0),
+              g, ub);
+      for (int64_t r = r0; r < r0 + rows; ++r)
+        fwd_row<T, kRelu>(ub, xp + (off + r) * H + u0, g + (r - r0) * ub, bhh + u0,
+                          out + (off + r) * H + u0);
+    });
+  }
+  gather_last(st, out, H, hn);
+}
+
+template <typename T, bool kRelu>
+void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+              const T* h0, const T* out, T* dout, T* dh, T* dx, T* dw_ih, T* dw_hh, T* db,
+              T* scratch) {
+  const int64_t S = st.S;
+  T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
+  T* hprev = dg + S * H;    // [S, H]
+  gather_prev(st, h0, H, out, H, H, hprev);
+
+  for (int64_t i = st.T - 1; i >= 0; --i) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    add_state_grad(dout + off * H, dh, bt * H);
+    {
+      const T* __restrict__ g = dout + off * H;
+      const T* __restrict__ y = out + off * H;
+      T* __restrict__ d = dg + off * H;
+      for (int64_t j = 0; j < bt * H; ++j)
+        d[j] = kRelu ? (y[j] > T(0) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
+    }
+    grad_to_prev_state(bt, H, H, dg + off * H, w_hh, dh,
+                       [](int64_t, int64_t, int64_t, T*) { return false; });
+  }
+  tiled_gemm(true, false, H, C, S, dg, H, x, C, T(0), dw_ih, C);
+  tiled_gemm(false, false, S, C, H, dg, H, w_ih, C, T(0), dx, C);
+  tiled_gemm(true, false, H, H, S, dg, H, hprev, H, T(0), dw_hh, H);
+  column_sums(dg, S, H, H, db);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
+    const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, bool relu,
+    bool reverse, bool need_workspace) {
+  const int64_t H = w_hh_.size(1);
+  check_layer("rnn_layer_fwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, 1, H, H);
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor bih = bias_or_zeros(b_ih, H, input), bhh = bias_or_zeros(b_hh, H, input);
+  const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
+  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, H}, input.options())
+                                              : at::empty({st.T, N, H}, input.options());
+  at::Tensor h_n = at::empty({N, H}, input.options());
+  at::Tensor scratch =
+      at::empty({(st.S + C) * H + nblk * (H + N) * kUnitBlock + N * H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
+    auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
+    run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+        w_hh.const_data_ptr<scalar_t>(), bih.const_data_ptr<scalar_t>(),
+        bhh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+        output.mutable_data_ptr<scalar_t>(), h_n.mutable_data_ptr<scalar_t>(),
+        scratch.mutable_data_ptr<scalar_t>());
+  });
+  return {output, h_n, at::empty({0}, input.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+              const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
+              const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
+              const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+              const at::Tensor& output_, const at::Tensor& workspace, bool relu,
+              bool reverse) {
+  const int64_t H = w_hh_.size(1);
+  check_layer("rnn_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, 1, H, H);
+  const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
+  TORCH_CHECK(grad_output.numel() == st.S * H && grad_h_n.numel() == st.N * H &&
+                  output_.numel() == st.S * H,
+              "fastrnn::rnn_layer_bwd: grad_output/output must have S*H elements and grad_h_n N*H");
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
+  const at::Tensor output = output_.contiguous();
+  const int64_t C = input.size(-1);
+  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
+  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dw_ih = at::empty({H, C}, input.options());
+  at::Tensor dw_hh = at::empty({H, H}, input.options());
+  at::Tensor db = at::empty({H}, input.options());
+  at::Tensor scratch = at::empty({st.S * 2 * H}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
+    auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
+    run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+        w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+        output.const_data_ptr<scalar_t>(), dout.mutable_data_ptr<scalar_t>(),
+        dh.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        dw_ih.mutable_data_ptr<scalar_t>(), dw_hh.mutable_data_ptr<scalar_t>(),
+        db.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<scalar_t>());
+  });
+  // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
+  return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db, db.clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("rnn_layer_fwd", TORCH_FN(rnn_layer_fwd));
+  m.impl("rnn_layer_bwd", TORCH_FN(rnn_layer_bwd));
+}
+
+}  // namespace cpu
+}  // namespace fastrnn

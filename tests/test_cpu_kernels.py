@@ -1,0 +1,237 @@
+"""The CPU kernel ops directly (torch.ops.fastrnn.*), below the modules.
+
+Each case builds one layer-direction's tensors (padded or packed, forward or reverse, with
+or without biases / projection) and checks the ops against fastrnn/reference.py, then the
+properties the parity suite cannot see from the modules: opcheck of every op (fake
+kernels, schema, autograd registration, torch.compile tracing), gradcheck through the
+public ops, bitwise equality across thread counts and runs, and that no uninitialised
+memory reaches an output (torch.empty is NaN-filled while the kernels run).
+"""
+import random
+
+import pytest
+import torch
+
+from fastrnn import ops, reference
+
+pytestmark = pytest.mark.skipif(
+    not ops.has_kernel("CPU"),
+    reason=f"the CPU kernels are not built ({ops.LOAD_ERROR or 'no CPU kernel registered'}); "
+           "build with: python setup.py build_ext --inplace")
+
+MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM", "LSTM_PROJ")
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4, "LSTM_PROJ": 4}
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+# (T, N, C, H): T=1, N=1 and odd hidden sizes; the last two cross the kernels' tile
+# bounds (64 rows, 64 units) and their BLAS threshold.
+SIZES = ((1, 1, 3, 7), (5, 3, 4, 33), (20, 1, 1, 16), (3, 70, 5, 130), (4, 66, 9, 65))
+
+
+def make_case(mode, T, N, C, H, dtype, packed, reverse, bias, seed):
+    """kwargs of reference.layer (mode normalised) for one random layer-direction, weights
+    scaled like torch.nn's initialisation so float32 stays well conditioned at H=130."""
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *s: torch.randn(*s, dtype=dtype, generator=gen) * 0.5
+    G = GATES[mode]
+    P = max(1, H // 2) if mode == "LSTM_PROJ" else H
+    if packed:
+        lengths = sorted((random.Random(seed).randint(1, T) for _ in range(N)), reverse=True)
+        lengths[0] = T
+        batch_sizes = torch.tensor([sum(L > t for L in lengths) for t in range(T)])
+        x = randn(int(batch_sizes.sum()), C)
+    else:
+        batch_sizes = None
+        x = randn(T, N, C)
+    lstm = mode.startswith("LSTM")
+    return dict(
+        mode="LSTM" if lstm else mode, input=x, batch_sizes=batch_sizes, h0=randn(N, P),
+        c0=randn(N, H) if lstm else None, w_ih=randn(G * H, C) / C**0.5,
+        w_hh=randn(G * H, P) / P**0.5, b_ih=randn(G * H) if bias else None,
+        b_hh=randn(G * H) if bias else None,
+        w_hr=randn(P, H) / H**0.5 if mode == "LSTM_PROJ" else None, reverse=reverse)
+
+
+def public_op(case):
+    """The public op's callable and its positional arguments (tensors in case)."""
+    c = case
+    if c["mode"] == "GRU":
+        return torch.ops.fastrnn.gru_layer.default, [c["input"], c["batch_sizes"], c["h0"], c["w_ih"],
+                                             c["w_hh"], c["b_ih"], c["b_hh"], c["reverse"]]
+    if c["mode"] == "LSTM":
+        return torch.ops.fastrnn.lstm_layer.default, [c["input"], c["batch_sizes"], c["h0"], c["c0"],
+                                              c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"],
+                                              c["w_hr"], c["reverse"]]
+    return torch.ops.fastrnn.rnn_layer.default, [c["input"], c["batch_sizes"], c["h0"], c["w_ih"],
+                                         c["w_hh"], c["b_ih"], c["b_hh"],
+                                         c["mode"] == "RNN_RELU", c["reverse"]]
+
+
+def grad_tensors(case):
+    names = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+    return [case[n] for n in names if case[n] is not None]
+
+
+def run_with_grads(fn, case, seed):
+    """Outputs and gradients of every input tensor for a random upstream gradient."""
+    case = {k: (v.detach().clone().requires_grad_(True)
+                if isinstance(v, torch.Tensor) and k != "batch_sizes" else v)
+            for k, v in case.items()}
+    outs = [o for o in fn(case) if o is not None]
+    gen = torch.Generator().manual_seed(seed + 1)
+    loss = sum((o * torch.randn(o.shape, dtype=torch.float64, generator=gen).to(o.dtype)).sum()
+               for o in outs)
+    grads = torch.autograd.grad(loss, grad_tensors(case))
+    return [o.detach() for o in outs], list(grads)
+
+
+def fastrnn_layer(case):
+    op, args = public_op(case)
+    return op(*args)
+
+
+def reference_layer(case):
+    return reference.layer(**case)
+
+
+def assert_close(actual, expected, dtype, what):
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert err <= TOLERANCE[dtype] * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def cases(limit_sizes=SIZES):
+    out = []
+    for mode in MODES:
+        for i, size in enumerate(limit_sizes):
+            for packed in (False, True):
+                out.append(pytest.param(mode, size, packed, bool(i % 2), i % 3 != 2,
+                                        id=f"{mode}-{'x'.join(map(str, size))}-"
+                                           f"{'packed' if packed else 'padded'}-"
+                                           f"{'rev' if i % 2 else 'fwd'}"))
+    return out
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
+@pytest.mark.parametrize("mode,size,packed,reverse,bias", cases())
+def test_matches_reference(mode, size, packed, reverse, bias, dtype):
+    seed = random.randrange(2**31)
+    case = make_case(mode, *size, torch.float64, packed, reverse, bias, seed)
+    ref_out, ref_grads = run_with_grads(reference_layer, case, seed)
+    low = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+           for k, v in case.items()}
+    out, grads = run_with_grads(fastrnn_layer, low, seed)
+    for i, (a, e) in enumerate(zip(out, ref_out)):
+        assert_close(a.double(), e, dtype, f"output {i} (seed {seed})")
+    for i, (a, e) in enumerate(zip(grads, ref_grads)):
+        assert_close(a.double(), e, dtype, f"gradient {i} (seed {seed})")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed,reverse", ((False, False), (True, True), (True, False)))
+def test_gradcheck(mode, packed, reverse):
+    case = make_case(mode, 4, 3, 2, 5, torch.float64, packed, reverse, True, 7)
+    names = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+    present = [n for n in names if case[n] is not None]
+
+    def fn(*tensors):
+        c = dict(case, **dict(zip(present, tensors)))
+        return tuple(o for o in fastrnn_layer(c) if o is not None)
+
+    inputs = [case[n].clone().requires_grad_(True) for n in present]
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def kernel_calls(case):
+    """(op, args) for the public op, *_fwd (with workspace) and *_bwd of one case."""
+    public, args = public_op(case)
+    name = public.name().split("::")[1]
+    fwd = getattr(torch.ops.fastrnn, name + "_fwd").default
+    bwd = getattr(torch.ops.fastrnn, name + "_bwd").default
+    fwd_out = fwd(*args, True)
+    gen = torch.Generator().manual_seed(3)
+    like = lambda t: torch.randn(t.shape, dtype=t.dtype, generator=gen)
+    c = case
+    if case["mode"] == "LSTM":
+        output, h_n, c_n, ws = fwd_out
+        bwd_args = [like(output), like(h_n), like(c_n), c["input"], c["batch_sizes"], c["h0"],
+                    c["c0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["w_hr"], output,
+                    c_n, ws, c["reverse"]]
+    else:
+        output, h_n, ws = fwd_out
+        bwd_args = [like(output), like(h_n), c["input"], c["batch_sizes"], c["h0"], c["w_ih"],
+                    c["w_hh"], c["b_ih"], c["b_hh"], output, ws]
+        bwd_args += ([c["mode"] == "RNN_RELU"] if c["mode"] != "GRU" else []) + [c["reverse"]]
+    return [(public, args), (fwd, args + [True]), (fwd, args + [False]), (bwd, bwd_args)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+def test_opcheck(mode, packed):
+    case = make_case(mode, 3, 2, 3, 5, torch.float64, packed, packed, True, 11)
+    for op, args in kernel_calls(case):
+        if op.name().endswith("_layer"):
+            args = [a.clone().requires_grad_(True)
+                    if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        torch.library.opcheck(op, args)
+
+
+def all_results(mode, size, packed, reverse):
+    case = make_case(mode, *size, torch.float32, packed, reverse, True, 5)
+    out, grads = run_with_grads(fastrnn_layer, case, 5)
+    return out + grads
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+def test_bitwise_across_threads_and_runs(mode, packed):
+    size = (6, 70, 40, 130)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = all_results(mode, size, packed, packed)
+        torch.set_num_threads(2)
+        two = all_results(mode, size, packed, packed)
+        again = all_results(mode, size, packed, packed)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(a, b), "1 thread and 2 threads differ"
+        assert torch.equal(b, c), "two runs differ"
+
+
+@pytest.fixture
+def nan_filled_empty():
+    """torch.empty (and at::empty in the kernels) returns NaN-filled memory."""
+    from torch.utils import deterministic
+    was_det, was_fill = torch.are_deterministic_algorithms_enabled(), \
+        deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(was_det)
+    deterministic.fill_uninitialized_memory = was_fill
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
+@pytest.mark.parametrize("mode,size,packed,reverse,bias", cases(SIZES[:2] + SIZES[3:4]))
+def test_no_unwritten_memory(nan_filled_empty, mode, size, packed, reverse, bias, dtype):
+    case = make_case(mode, *size, dtype, packed, reverse, bias, 13)
+    for op, args in kernel_calls(case):
+        results = op(*args)
+        for i, r in enumerate(results):
+            assert not r.isnan().any(), f"{op.name()} result {i} has NaN"
+
+
+def test_nan_propagates():
+    case = make_case("GRU", 3, 2, 3, 5, torch.float32, False, False, True, 1)
+    case["input"][1, 0, 0] = float("nan")
+    output, h_n = fastrnn_layer(case)
+    assert output[1:, 0].isnan().all() and not output[:, 1].isnan().any()
+
+
+def test_rejects_other_dtypes():
+    case = make_case("GRU", 2, 1, 2, 3, torch.float32, False, False, True, 1)
+    case = {k: (v.half() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    with pytest.raises(RuntimeError, match="float32 and float64, got Half"):
+        fastrnn_layer(case)
