@@ -31,7 +31,7 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # -fno-trapping-math (as torch itself is built) lets GCC vectorise the gate loops'
     # NaN-preserving clamps; AVX2+FMA (every x86-64 server since 2013) runs them 8 wide.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     if platform.machine() in ("x86_64", "AMD64"):
         cxx_flags += ["-mavx2", "-mfma"]
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
@@ -39,7 +39,7 @@ def extensions():
         return [CppExtension("fastrnn._C", sources, extra_compile_args={"cxx": cxx_flags},
                              extra_link_args=["-fopenmp"])]
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"] + cuda_arch_flags()
+    nvcc_flags = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"] + cuda_arch_flags()
     return [CUDAExtension("fastrnn._C", sources + cuda_sources,
                           extra_compile_args={"cxx": cxx_flags + ["-DFASTRNN_WITH_CUDA"],
                                               "nvcc": nvcc_flags},

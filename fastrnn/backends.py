@@ -3,6 +3,8 @@
 An explicitly requested backend that cannot run the tensors raises; only 'auto' chooses,
 taking the fastest available backend for the tensors' device and dtype. FASTRNN_BACKEND,
 when set, replaces 'auto' (and is then held to the same rules as an explicit request).
+Like OMP_NUM_THREADS, it is read once, when fastrnn is imported: reading the environment
+on every forward would cost more than the sine-shape kernel itself.
 """
 import functools
 import os
@@ -14,6 +16,7 @@ from fastrnn import ops, reference
 NAMES = ("cpu", "cuda", "triton", "reference")
 CHOICES = ("auto",) + NAMES
 ENV_VAR = "FASTRNN_BACKEND"
+ENV_CHOICE = os.environ.get(ENV_VAR)
 
 _FLOAT32_64 = (torch.float32, torch.float64)
 _ALL_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -101,9 +104,9 @@ def _resolve(requested, env_choice, device_type, dtype):
     raise RuntimeError(f"no fastrnn backend can run {dtype} tensors on {device}")
 
 
-def resolve(requested, device, dtype):
+def resolve(requested, device, dtype, env_choice=ENV_CHOICE):
     """The backend name that runs a layer for tensors of this device and dtype."""
-    return _resolve(requested, os.environ.get(ENV_VAR), device.type, dtype)
+    return _resolve(requested, env_choice, device.type, dtype)
 
 
 def layer_function(name):
@@ -116,12 +119,15 @@ def layer_function(name):
     return ops.layer
 
 
-@functools.lru_cache(maxsize=None)
-def _layer_for(requested, env_choice, device_type, dtype):
-    return layer_function(_resolve(requested, env_choice, device_type, dtype))
+_layers = {}
 
 
 def layer_for(requested, input):
     """The `layer` function that runs `input`'s device and dtype (called on every forward,
-    hence cached)."""
-    return _layer_for(requested, os.environ.get(ENV_VAR), input.device.type, input.dtype)
+    hence a plain dict lookup once resolved)."""
+    key = (requested, input.device.type, input.dtype)
+    layer = _layers.get(key)
+    if layer is None:
+        layer = _layers[key] = layer_function(
+            _resolve(requested, ENV_CHOICE, input.device.type, input.dtype))
+    return layer

@@ -32,9 +32,10 @@ def run(layer, mode, input, batch_sizes, hx, cx, flat_weights, *, num_layers, bi
         layer = reference.layer
     if num_layers == 1 and not bidirectional:
         # The common case (and the sine shape, where Python time is most of the call).
+        # unsqueeze_ instead of stack: no copy, and still no view (users detach_() h_n).
         output, h, c = layer(mode, input, batch_sizes, hx[0], None if cx is None else cx[0],
                              *weights_of(flat_weights, 0, has_bias, has_proj), False)
-        return output, torch.stack([h]), (None if cx is None else torch.stack([c]))
+        return output, h.unsqueeze_(0), (None if cx is None else c.unsqueeze_(0))
     directions = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = input

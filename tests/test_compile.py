@@ -1,5 +1,7 @@
 """torch.compile(fullgraph=True) traces models built on the fused layers, forward and
 backward, and gives eager's numbers (torch.nn's own RNNs graph-break here)."""
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -20,6 +22,9 @@ class Forecaster(nn.Module):
 
 @pytest.mark.parametrize("layer_class", [fastrnn.FusedGRU, fastrnn.FusedLSTM, fastrnn.FusedRNN])
 def test_fullgraph_compile_matches_eager(backend, device, layer_class):
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("Dynamo cannot trace Triton's interpreter (it patches inspect.getfile); "
+                    "the compiled Triton path is checked where a GPU runs this test")
     torch.manual_seed(0)
     model = Forecaster(layer_class, backend).to(device=device, dtype=torch.float64)
     x = torch.randn(6, 3, 1, dtype=torch.float64, device=device)

@@ -1,4 +1,8 @@
 """The fused classes are their torch.nn twins in everything but forward."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -77,16 +81,26 @@ def test_auto_picks_the_fastest_available_backend_for_cpu_tensors():
     assert backends.resolve("auto", torch.device("cpu"), torch.bfloat16) == "reference"
 
 
-def test_environment_variable_overrides_auto(monkeypatch):
-    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
-    assert backends.resolve("auto", torch.device("cpu"), torch.float32) == "reference"
-    monkeypatch.setenv("FASTRNN_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="unknown fastrnn backend 'nonsense'"):
-        backends.resolve("auto", torch.device("cpu"), torch.float32)
+def run_with_backend_variable(value, code):
+    """Runs `code` in a fresh interpreter (FASTRNN_BACKEND is read at import)."""
+    env = dict(os.environ, FASTRNN_BACKEND=value)
+    return subprocess.run([sys.executable, "-c", "import fastrnn, torch\n" + code], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_environment_variable_overrides_auto():
+    resolve = "print(fastrnn.backends.resolve('auto', torch.device('cpu'), torch.float32))"
+    done = run_with_backend_variable("reference", resolve)
+    assert done.returncode == 0 and done.stdout.strip() == "reference", done.stderr
+    # An explicit backend is not overridden.
+    explicit = "print(fastrnn.backends.resolve('reference', torch.device('cpu'), torch.float64))"
+    assert run_with_backend_variable("cpu", explicit).stdout.strip() == "reference"
+    done = run_with_backend_variable("nonsense", resolve)
+    assert done.returncode != 0 and "unknown fastrnn backend 'nonsense'" in done.stderr
     if fastrnn.available_backends()["cuda"] is not None:
-        monkeypatch.setenv("FASTRNN_BACKEND", "cuda")
-        with pytest.raises(RuntimeError, match="from FASTRNN_BACKEND"):
-            fastrnn.FusedGRU(3, 4)(torch.randn(2, 1, 3))
+        done = run_with_backend_variable(
+            "cuda", "fastrnn.FusedGRU(3, 4)(torch.randn(2, 1, 3))")
+        assert done.returncode != 0 and "from FASTRNN_BACKEND" in done.stderr
 
 
 class Forecaster(nn.Module):
