@@ -32,10 +32,12 @@ def run(layer, mode, input, batch_sizes, hx, cx, flat_weights, *, num_layers, bi
         layer = reference.layer
     if num_layers == 1 and not bidirectional:
         # The common case (and the sine shape, where Python time is most of the call).
-        # unsqueeze_ instead of stack: no copy, and still no view (users detach_() h_n).
+        # torch.stack copies: final states must not be views (users, the seeds among
+        # them, call hidden.detach_(), which views refuse), and a backend's outputs must
+        # not be modified in place (its autograd may have saved them).
         output, h, c = layer(mode, input, batch_sizes, hx[0], None if cx is None else cx[0],
                              *weights_of(flat_weights, 0, has_bias, has_proj), False)
-        return output, h.unsqueeze_(0), (None if cx is None else c.unsqueeze_(0))
+        return output, torch.stack([h]), (None if cx is None else torch.stack([c]))
     directions = 2 if bidirectional else 1
     h_n, c_n = [], []
     layer_input = input
@@ -53,7 +55,5 @@ def run(layer, mode, input, batch_sizes, hx, cx, flat_weights, *, num_layers, bi
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
         if dropout and training and layer_index < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    # torch.stack copies: the final states must not be views, since users (the seeds
-    # among them) call hidden.detach_() on them, which views refuse.
     h_n = torch.stack(h_n)
     return layer_input, h_n, (None if cx is None else torch.stack(c_n))
