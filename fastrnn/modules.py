@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import backends, stack
+from fastrnn import autocast, backends, stack
 
 # Dynamo refuses every isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless allow_rnn is
 # set, which our subclasses cannot dodge; torch.export sets the same flag for itself.
@@ -95,6 +95,12 @@ class _FusedLayer:
                                f"{self.input_size}, got {input.shape[-1]}")
 
     def forward(self, input, hx=None):
+        if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
+            return autocast.call(self._forward, self.mode, input, hx,
+                                  self._current_flat_weights()[0], self.proj_size > 0)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx=None):
         flat_weights = self._current_flat_weights()
         is_lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
@@ -204,6 +210,12 @@ class _FusedCell:
 
     def _step(self, input, hx):
         """Returns the new (h, c or None), squeezed back for unbatched input."""
+        if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
+            return autocast.call(self._uncast_step, self._cell_mode(), input, hx,
+                                  self.weight_ih, layer=False)
+        return self._uncast_step(input, hx)
+
+    def _uncast_step(self, input, hx):
         is_lstm = self._cell_mode() == "LSTM"
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"{self._get_name()}: input must be a Tensor, got "

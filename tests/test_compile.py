@@ -1,12 +1,11 @@
 """torch.compile(fullgraph=True) traces models built on the fused layers, forward and
 backward, and gives eager's numbers (torch.nn's own RNNs graph-break here)."""
-import os
-
 import pytest
 import torch
 from torch import nn
 
 import fastrnn
+from conftest import skip_untraceable
 
 
 class Forecaster(nn.Module):
@@ -22,9 +21,7 @@ class Forecaster(nn.Module):
 
 @pytest.mark.parametrize("layer_class", [fastrnn.FusedGRU, fastrnn.FusedLSTM, fastrnn.FusedRNN])
 def test_fullgraph_compile_matches_eager(backend, device, layer_class):
-    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("Dynamo cannot trace Triton's interpreter (it patches inspect.getfile); "
-                    "the compiled Triton path is checked where a GPU runs this test")
+    skip_untraceable(backend)
     torch.manual_seed(0)
     model = Forecaster(layer_class, backend).to(device=device, dtype=torch.float64)
     x = torch.randn(6, 3, 1, dtype=torch.float64, device=device)

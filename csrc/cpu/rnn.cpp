@@ -79,7 +79,8 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
       const T* __restrict__ y = out + off * H;
       T* __restrict__ d = dg + off * H;
       for (int64_t j = 0; j < bt * H; ++j)
-        d[j] = kRelu ? (y[j] > T(0) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
+        // !(y <= 0), as torch's threshold_backward: a NaN output passes its gradient on.
+        d[j] = kRelu ? (!(y[j] <= T(0)) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
     }
     grad_to_prev_state(bt, H, H, dg + off * H, w_hh, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });

@@ -39,12 +39,13 @@ struct RnnCell {
     return RELU ? (pre < A(0) ? A(0) : pre) : tanh_(pre);
   }
 
-  // torch's relu backward passes the gradient where the output is > 0; tanh's uses 1 - h^2.
+  // torch's relu backward (threshold_backward) passes the gradient unless the output is
+  // <= 0, so a NaN output passes it too; tanh's uses 1 - h^2.
   template <typename A>
   __device__ __forceinline__ static void backward(A dh, A& /*dc*/, A /*h_prev*/, A /*c_prev*/,
                                                   A h, const A* /*saved*/, A* dgx, A* dgh,
                                                   A& direct) {
-    const A d = RELU ? (h > A(0) ? dh : A(0)) : dh * (A(1) - h * h);
+    const A d = RELU ? (!(h <= A(0)) ? dh : A(0)) : dh * (A(1) - h * h);
     dgx[0] = d;
     dgh[0] = d;
     direct = A(0);

@@ -39,11 +39,13 @@ def _rnn_fwd_kernel(
         at = (offset + rows[:, None]) * H + cols[None, :]
         pre = tl.load(xg_ptr + at, mask=live, other=0.0).to(ACC) + _matmul(h, w_t, ACC, OPERAND)
         if RELU:
-            h_new = tl.maximum(pre, 0.0)
+            h_new = tl.where(pre < 0.0, 0.0, pre)  # tl.maximum would turn NaN into 0
         else:
             h_new = _tanh(pre)
-        # Rows past their sequence's end keep their state (packed semantics).
-        h = tl.where(active[:, None], h_new, h)
+        # Rows past their sequence's end keep their state (packed semantics), and padding
+        # columns stay 0: relu(inf * 0 padding weights) would be NaN there and leak into
+        # real columns through the next step's matmul.
+        h = tl.where(live, h_new, h)
         tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=live)
     tl.store(hn_ptr + rows[:, None] * H + cols[None, :], h.to(hn_ptr.dtype.element_ty), mask=tile)
 
@@ -77,11 +79,11 @@ def _rnn_bwd_kernel(
         dh += tl.load(grad_out_ptr + at, mask=live, other=0.0).to(ACC)
         h = tl.load(out_ptr + at, mask=live, other=0.0).to(ACC)
         if RELU:
-            dpre = tl.where(h > 0.0, dh, 0.0)
+            dpre = tl.where(h <= 0.0, 0.0, dh)  # NaN passes its gradient, as in torch
         else:
             dpre = dh * (1.0 - h * h)
         tl.store(dpre_ptr + at, dpre, mask=live)
-        dh = tl.where(active[:, None], _matmul(dpre, w, ACC, OPERAND), dh)
+        dh = tl.where(live, _matmul(dpre, w, ACC, OPERAND), dh)
     tl.store(grad_h0_ptr + rows[:, None] * H + cols[None, :],
              dh.to(grad_h0_ptr.dtype.element_ty), mask=tile)
 
