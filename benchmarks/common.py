@@ -44,24 +44,35 @@ def machine_header(device="cpu", threads=None):
     return header
 
 
-def time_interleaved(fns, reps, warmup=3, sync=None):
+def time_interleaved(fns, reps, warmup=3, sync=None, min_sample_s=2e-3):
     """Median seconds per call of each fn in `fns` (a dict name -> callable).
 
-    The fns are timed in alternation, one call each per round, so a burst of load on a
-    shared machine hits every contender alike and their ratios stay meaningful."""
+    The fns are timed in alternation, one sample each per round, so a burst of load on a
+    shared machine hits every contender alike and their ratios stay meaningful. A sample
+    is a run of back-to-back calls lasting at least `min_sample_s`: timing one
+    microsecond-scale call alone measures the timer and a cache the other contender just
+    evicted, not the call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     if sync:
         sync()
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        calls[name] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     samples = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
+            for _ in range(calls[name]):
+                fn()
             if sync:
                 sync()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append((time.perf_counter() - start) / calls[name])
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
