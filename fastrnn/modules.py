@@ -97,7 +97,7 @@ class _FusedLayer:
     def forward(self, input, hx=None):
         if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
             return autocast.call(self._forward, self.mode, input, hx,
-                                  self._current_flat_weights()[0], self.proj_size > 0)
+                                 self._current_flat_weights()[0], self.proj_size > 0)
         return self._forward(input, hx)
 
     def _forward(self, input, hx=None):
@@ -212,7 +212,7 @@ class _FusedCell:
         """Returns the new (h, c or None), squeezed back for unbatched input."""
         if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
             return autocast.call(self._uncast_step, self._cell_mode(), input, hx,
-                                  self.weight_ih, layer=False)
+                                 self.weight_ih, layer=False)
         return self._uncast_step(input, hx)
 
     def _uncast_step(self, input, hx):
