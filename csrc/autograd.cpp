@@ -12,9 +12,11 @@
 //     takes the same path; otherwise a torch::autograd::Function runs *_fwd with
 //     need_workspace=true and its backward calls *_bwd (undefined incoming gradients
 //     become zeros; no gradient for batch_sizes, flags, or absent biases / w_hr).
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
+
+#include "op_handle.h"
 
 namespace fastrnn {
 namespace {
@@ -24,60 +26,77 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<Tensor>;
 
-// Typed handle of a kernel op, looked up once.
-template <class Sig>
-const c10::TypedOperatorHandle<Sig>& kernel_op(const char* name) {
-  return *new c10::TypedOperatorHandle<Sig>(
-      c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>());
-}
-
 using Tensor3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensor4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 using Tensor6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensor8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 const auto& rnn_fwd() {
-  static const auto& op = kernel_op<Tensor3(const Tensor&, const OptTensor&, const Tensor&,
+  static const auto& op = op_handle<Tensor3(const Tensor&, const OptTensor&, const Tensor&,
                                             const Tensor&, const Tensor&, const OptTensor&,
                                             const OptTensor&, bool, bool, bool)>(
       "fastrnn::rnn_layer_fwd");
   return op;
 }
 const auto& rnn_bwd() {
-  static const auto& op = kernel_op<Tensor6(
+  static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
       const Tensor&, bool, bool)>("fastrnn::rnn_layer_bwd");
   return op;
 }
 const auto& gru_fwd() {
-  static const auto& op = kernel_op<Tensor3(const Tensor&, const OptTensor&, const Tensor&,
+  static const auto& op = op_handle<Tensor3(const Tensor&, const OptTensor&, const Tensor&,
                                             const Tensor&, const Tensor&, const OptTensor&,
                                             const OptTensor&, bool, bool)>(
       "fastrnn::gru_layer_fwd");
   return op;
 }
 const auto& gru_bwd() {
-  static const auto& op = kernel_op<Tensor6(
+  static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
       const Tensor&, bool)>("fastrnn::gru_layer_bwd");
   return op;
 }
 const auto& lstm_fwd() {
-  static const auto& op = kernel_op<Tensor4(
+  static const auto& op = op_handle<Tensor4(
       const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
       const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool, bool)>(
       "fastrnn::lstm_layer_fwd");
   return op;
 }
 const auto& lstm_bwd() {
-  static const auto& op = kernel_op<Tensor8(
+  static const auto& op = op_handle<Tensor8(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
       bool)>("fastrnn::lstm_layer_bwd");
   return op;
+}
+
+// Runs a *_bwd kernel op. They have no Autograd kernel: with the Autograd keys live, as
+// they are while backward() runs, the call would go through torch's boxed "autograd not
+// implemented" fallback, which costs more than the sine-shape kernel itself.
+template <class F>
+auto below_autograd(const F& kernel_call) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return kernel_call();
+}
+
+// The gradients a backward() returns, made once-differentiable as Triton's
+// @once_differentiable makes them: with create_graph=True each defined gradient gets an
+// Error node, so differentiating it again raises instead of silently treating it as a
+// constant (no double backward exists for the fused kernels).
+variable_list once_differentiable(variable_list grads) {
+  if (!at::GradMode::is_enabled()) return grads;
+  for (Tensor& g : grads)
+    if (g.defined()) g = g.detach().requires_grad_(true);
+  return torch::autograd::DelayedError(
+             "fastrnn: the fused RNN kernels have no double backward (their gradients "
+             "were computed with create_graph=True and are being differentiated again)",
+             int64_t(grads.size()))
+      .apply(std::move(grads));
 }
 
 bool requires_grad(const OptTensor& t) { return t.has_value() && t->requires_grad(); }
@@ -115,10 +134,12 @@ struct RNNFunction : public torch::autograd::Function<RNNFunction> {
     const auto s = ctx->get_saved_variables();
     const int64_t flags = ctx->saved_data["flags"].toInt();
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
-        rnn_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4], opt(s[5]),
-                       opt(s[6]), s[7], s[8], flags & 1, flags & 2);
-    return {dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih), grad_if(s[6], db_hh),
-            Tensor(), Tensor()};
+        below_autograd([&] {
+          return rnn_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
+                                opt(s[5]), opt(s[6]), s[7], s[8], flags & 1, flags & 2);
+        });
+    return once_differentiable({dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih),
+                                grad_if(s[6], db_hh), Tensor(), Tensor()});
   }
 };
 
@@ -139,10 +160,13 @@ struct GRUFunction : public torch::autograd::Function<GRUFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
-        gru_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4], opt(s[5]),
-                       opt(s[6]), s[7], s[8], ctx->saved_data["reverse"].toBool());
-    return {dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih), grad_if(s[6], db_hh),
-            Tensor()};
+        below_autograd([&] {
+          return gru_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
+                                opt(s[5]), opt(s[6]), s[7], s[8],
+                                ctx->saved_data["reverse"].toBool());
+        });
+    return once_differentiable({dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih),
+                                grad_if(s[6], db_hh), Tensor()});
   }
 };
 
@@ -163,11 +187,13 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = lstm_bwd().call(
-        grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4], s[5], opt(s[6]),
-        opt(s[7]), opt(s[8]), s[9], s[10], s[11], ctx->saved_data["reverse"].toBool());
-    return {dx,      Tensor(), dh0, dc0, dw_ih, dw_hh, grad_if(s[6], db_ih),
-            grad_if(s[7], db_hh), grad_if(s[8], dw_hr), Tensor()};
+    auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = below_autograd([&] {
+      return lstm_bwd().call(grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4],
+                             s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10], s[11],
+                             ctx->saved_data["reverse"].toBool());
+    });
+    return once_differentiable({dx, Tensor(), dh0, dc0, dw_ih, dw_hh, grad_if(s[6], db_ih),
+                                grad_if(s[7], db_hh), grad_if(s[8], dw_hr), Tensor()});
   }
 };
 

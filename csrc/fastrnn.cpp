@@ -22,6 +22,10 @@
 // `workspace` when need_workspace is true (an empty tensor otherwise) that only the
 // same backend's *_layer_bwd reads. Bias gradients are always returned (shape
 // [G*H]); the autograd glue drops them when the layer has no bias.
+//
+// layer_stack runs a whole torch.nn-style stack (num_layers x directions, dropout between
+// layers) through the *_layer ops of whichever device the tensors live on; see
+// csrc/stack.cpp.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastrnn, m) {
@@ -58,6 +62,11 @@ TORCH_LIBRARY(fastrnn, m) {
         "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor c_n, Tensor workspace, bool reverse) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
         "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
+
+  m.def("layer_stack(str mode, Tensor input, Tensor? batch_sizes, Tensor? h0, Tensor? c0, "
+        "Tensor[] weights, int num_layers, bool bidirectional, bool batch_first, "
+        "bool has_bias, bool has_proj, float dropout, bool train) "
+        "-> (Tensor output, Tensor h_n, Tensor c_n)");
 }
 
 // `import fastrnn._C` loads this library, which runs the registrations above and in

@@ -124,13 +124,11 @@ class _FusedLayer:
             batch = input.shape[batch_dim]
         self._check_input(input, batch_sizes, flat_weights[0])
 
-        states = self.num_layers * (2 if self.bidirectional else 1)
-        state_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if hx is None:
-            h = torch.zeros(states, batch, state_size, dtype=input.dtype, device=input.device)
-            c = (torch.zeros(states, batch, self.hidden_size, dtype=input.dtype,
-                             device=input.device) if is_lstm else None)
+            h = c = None  # zeros, made where the stack runs
         else:
+            states = self.num_layers * (2 if self.bidirectional else 1)
+            state_size = self.proj_size if self.proj_size > 0 else self.hidden_size
             h, c = self._split_hx(hx, is_batched)
             expected = (states, batch, state_size)
             if h.shape != expected:
@@ -144,14 +142,14 @@ class _FusedLayer:
             _check_device_and_dtype(input, (), flat_weights[0])
         if not packed and input.shape[1 - batch_dim] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        if sorted_indices is not None:
+        if sorted_indices is not None and h is not None:
             h = h.index_select(1, sorted_indices)
             c = None if c is None else c.index_select(1, sorted_indices)
 
-        time_major = input.transpose(0, 1) if (self.batch_first and not packed) else input
         output, h_n, c_n = stack.run(
-            backends.layer_for(self.backend, input), self.mode, time_major, batch_sizes, h, c,
-            flat_weights, num_layers=self.num_layers, bidirectional=self.bidirectional,
+            backends.layer_for(self.backend, input), self.mode, input, batch_sizes, h, c,
+            flat_weights, batch=batch, num_layers=self.num_layers,
+            bidirectional=self.bidirectional, batch_first=self.batch_first and not packed,
             has_bias=self.bias, has_proj=self.proj_size > 0, dropout=self.dropout,
             training=self.training)
 
@@ -161,8 +159,6 @@ class _FusedLayer:
         hidden = h_n if c_n is None else (h_n, c_n)
         if packed:
             return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), hidden
-        if self.batch_first:
-            output = output.transpose(0, 1)
         if not is_batched:
             output = output.squeeze(batch_dim)
             hidden = h_n.squeeze(1) if c_n is None else (h_n.squeeze(1), c_n.squeeze(1))

@@ -2,7 +2,8 @@
 
 Loads the compiled library (fastrnn._C), registers a fake (meta) implementation for every
 op so torch.compile and torch.export can trace them, and exposes `layer`, the backend
-function of the compiled 'cpu' and 'cuda' backends (signature: fastrnn/reference.py).
+function of the compiled 'cpu' and 'cuda' backends (signature: fastrnn/reference.py), and
+`layer_stack`, their whole-stack op.
 """
 import importlib
 import warnings
@@ -106,6 +107,9 @@ if LOAD_ERROR is None:
     _rnn_layer = torch.ops.fastrnn.rnn_layer.default
     _gru_layer = torch.ops.fastrnn.gru_layer.default
     _lstm_layer = torch.ops.fastrnn.lstm_layer.default
+    # The whole layer stack in one call (csrc/stack.cpp); fastrnn/stack.py uses it for
+    # the backends whose layer is `layer` below.
+    layer_stack = torch.ops.fastrnn.layer_stack.default
 
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):

@@ -5,6 +5,7 @@ Each test says where the bug was found, what went wrong and where it was (or is 
 fixed. The cases are the fuzzer's own falsifying examples, shrunk by hypothesis and then
 by hand.
 """
+import pytest
 import torch
 from torch import nn
 
@@ -103,3 +104,22 @@ def test_single_layer_final_states_are_fresh_tensors(backend, device):
         for state in states:
             assert state._base is None
             state.detach_()
+
+
+def test_double_backward_raises_instead_of_silently_dropping_terms(backend, device):
+    """Found reviewing the C++ autograd glue (csrc/autograd.cpp). With
+    create_graph=True, the fused kernels' gradients came back attached to torch's
+    "autograd not implemented" fallback, which only warns: differentiating them again gave
+    a finite, wrong second derivative. The fused kernels have no double backward, so the
+    second differentiation must raise (as Triton's @once_differentiable does).
+    torch.nn's CPU layers do support it, as does the pure-PyTorch reference backend."""
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    for cls in (fastrnn.FusedRNN, fastrnn.FusedGRU, fastrnn.FusedLSTM):
+        module = cls(3, 5, dtype=torch.float64, backend=backend).to(device)
+        output, _ = module(x)
+        (grad_input,) = torch.autograd.grad(output.pow(2).sum(), x, create_graph=True)
+        if backend == "reference":
+            grad_input.sum().backward()  # a real second derivative
+            continue
+        with pytest.raises(RuntimeError, match="no double backward|differentiate twice"):
+            grad_input.sum().backward()

@@ -1,0 +1,153 @@
+// fastrnn::layer_stack: torch.nn's layer loop (ATen's apply_layer_stack) in C++.
+//
+//   mode         "RNN_TANH", "RNN_RELU", "GRU" or "LSTM"
+//   input        [T,N,C] ([N,T,C] when batch_first) or packed [S,C] with batch_sizes
+//   h0, c0       [L*D,N,P] and [L*D,N,H] (c0: LSTM only); None means zeros, which
+//                padded input only allows (packed input gives no batch size to read
+//                without touching batch_sizes' data, which tracing cannot)
+//   weights      RNNBase._flat_weights: per layer-direction w_ih, w_hh[, b_ih, b_hh][, w_hr]
+// Returns output in the input's layout ([T,N,D*P], [N,T,D*P] or [S,D*P]), h_n [L*D,N,P]
+// and c_n [L*D,N,H] (an empty tensor for the other cells).
+//
+// Each layer-direction is one call of the public *_layer op, so autograd, the device's
+// kernels and torch.compile's fakes are theirs; this op is CompositeImplicitAutograd and
+// only saves the per-call Python of fastrnn/stack.py (zeros, transposes, the loop, the
+// final stack), which at the sine-wave shape cost as much as the layer itself.
+// Dropout between layers is at::dropout, the op F.dropout calls, so a seeded training
+// run draws torch.nn's masks.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string_view>
+
+#include "op_handle.h"
+
+namespace fastrnn {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+enum class Cell { kRnnTanh, kRnnRelu, kGru, kLstm };
+
+Cell parse_mode(std::string_view mode) {
+  if (mode == "GRU") return Cell::kGru;
+  if (mode == "LSTM") return Cell::kLstm;
+  if (mode == "RNN_TANH") return Cell::kRnnTanh;
+  if (mode == "RNN_RELU") return Cell::kRnnRelu;
+  TORCH_CHECK_VALUE(false, "fastrnn::layer_stack: unknown mode '", mode,
+                    "'; expected RNN_TANH, RNN_RELU, GRU or LSTM");
+}
+
+const auto& rnn_layer() {
+  static const auto& op =
+      op_handle<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
+                                           const Tensor&, const Tensor&, const OptTensor&,
+                                           const OptTensor&, bool, bool)>("fastrnn::rnn_layer");
+  return op;
+}
+const auto& gru_layer() {
+  static const auto& op =
+      op_handle<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
+                                           const Tensor&, const Tensor&, const OptTensor&,
+                                           const OptTensor&, bool)>("fastrnn::gru_layer");
+  return op;
+}
+const auto& lstm_layer() {
+  static const auto& op = op_handle<std::tuple<Tensor, Tensor, Tensor>(
+      const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+      const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool)>(
+      "fastrnn::lstm_layer");
+  return op;
+}
+
+// One layer-direction: (output, h_n, c_n or undefined).
+std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
+                                             const OptTensor& batch_sizes, const Tensor& h0,
+                                             const Tensor& c0, at::TensorList w, bool has_bias,
+                                             bool has_proj, bool reverse) {
+  const OptTensor b_ih = has_bias ? OptTensor(w[2]) : std::nullopt;
+  const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
+  switch (cell) {
+    case Cell::kGru: {
+      auto [output, h_n] = gru_layer().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
+                                            reverse);
+      return {output, h_n, Tensor()};
+    }
+    case Cell::kLstm: {
+      const OptTensor w_hr = has_proj ? OptTensor(w.back()) : std::nullopt;
+      return lstm_layer().call(input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
+                               reverse);
+    }
+    default: {
+      auto [output, h_n] = rnn_layer().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
+                                            cell == Cell::kRnnRelu, reverse);
+      return {output, h_n, Tensor()};
+    }
+  }
+}
+
+// [L*D,N,width] zeros for an absent initial state of padded input [T,N,C].
+Tensor state_or_zeros(const OptTensor& state, int64_t states, const Tensor& time_major,
+                      int64_t width, const char* name) {
+  if (state.has_value()) return *state;
+  TORCH_CHECK(time_major.dim() == 3, "fastrnn::layer_stack: ", name,
+              " is required for packed input");
+  // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
+  return at::zeros_symint({states, time_major.sym_size(1), width}, time_major.options());
+}
+
+std::tuple<Tensor, Tensor, Tensor> layer_stack(
+    c10::string_view mode, const Tensor& input, const OptTensor& batch_sizes,
+    const OptTensor& h0_, const OptTensor& c0_, at::TensorList weights, int64_t num_layers,
+    bool bidirectional, bool batch_first, bool has_bias, bool has_proj, double dropout,
+    bool train) {
+  const Cell cell = parse_mode(std::string_view(mode.data(), mode.size()));
+  const bool is_lstm = cell == Cell::kLstm;
+  const int64_t directions = bidirectional ? 2 : 1, states = num_layers * directions;
+  const int64_t stride = 2 + 2 * int64_t(has_bias) + int64_t(has_proj);
+  TORCH_CHECK_VALUE(num_layers >= 1 && int64_t(weights.size()) == states * stride,
+                    "fastrnn::layer_stack: expected ", states * stride,
+                    " weights for num_layers=", num_layers, ", bidirectional=",
+                    bidirectional, ", bias=", has_bias, ", proj=", has_proj, "; got ",
+                    weights.size());
+  TORCH_CHECK_VALUE(!has_proj || is_lstm, "fastrnn::layer_stack: only LSTM has a projection");
+  const bool packed = batch_sizes.has_value();
+  const Tensor time_major = batch_first && !packed ? input.transpose(0, 1) : input;
+  const int64_t hidden = weights[1].size(0) / (is_lstm ? 4 : cell == Cell::kGru ? 3 : 1);
+  const Tensor h0 = state_or_zeros(h0_, states, time_major, weights[1].size(1), "h0");
+  const Tensor c0 = is_lstm ? state_or_zeros(c0_, states, time_major, hidden, "c0") : Tensor();
+
+  std::vector<Tensor> h_n, c_n;
+  h_n.reserve(states);
+  c_n.reserve(is_lstm ? states : 0);
+  Tensor layer_input = time_major;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    Tensor outputs[2];
+    for (int64_t direction = 0; direction < directions; ++direction) {
+      const int64_t index = layer * directions + direction;
+      auto [output, h, c] =
+          run_layer(cell, layer_input, batch_sizes, h0[index], is_lstm ? c0[index] : Tensor(),
+                    weights.slice(index * stride, stride), has_bias, has_proj, direction == 1);
+      outputs[direction] = output;
+      h_n.push_back(h);
+      if (is_lstm) c_n.push_back(c);
+    }
+    layer_input = directions == 1 ? outputs[0] : at::cat({outputs[0], outputs[1]}, -1);
+    if (dropout > 0 && train && layer + 1 < num_layers)
+      layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+  }
+  // at::stack copies: final states must not be views (users, the seeds among them, call
+  // hidden.detach_(), which views refuse), and a layer's outputs must not be modified in
+  // place (its autograd saved them).
+  return {batch_first && !packed ? layer_input.transpose(0, 1) : layer_input, at::stack(h_n),
+          is_lstm ? at::stack(c_n) : at::empty({0}, input.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CompositeImplicitAutograd, m) {
+  m.impl("layer_stack", TORCH_FN(layer_stack));
+}
+
+}  // namespace fastrnn
