@@ -7,7 +7,10 @@ kernels, schema, autograd registration, torch.compile tracing), gradcheck throug
 public ops, bitwise equality across thread counts and runs, and that no uninitialised
 memory reaches an output (torch.empty is NaN-filled while the kernels run).
 """
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,6 +131,13 @@ def test_matches_reference(mode, size, packed, reverse, bias, dtype):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_past_one_gemm_pass(mode):
+    """float32 products deeper than one pass of the packed GEMM (512): the input projection
+    (C=600) and the weight gradients (S=585 rows) carry their sums across passes."""
+    test_matches_reference(mode, (45, 13, 600, 20), True, False, True, torch.float32)
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("packed,reverse", ((False, False), (True, True), (True, False)))
 def test_gradcheck(mode, packed, reverse):
     case = make_case(mode, 4, 3, 2, 5, torch.float64, packed, reverse, True, 7)
@@ -235,3 +245,17 @@ def test_rejects_other_dtypes():
     case = {k: (v.half() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
     with pytest.raises(RuntimeError, match="float32 and float64, got Half"):
         fastrnn_layer(case)
+
+
+def test_portable_float32_path_without_avx512():
+    """The float32 GEMMs run on an AVX-512 kernel where the CPU has one (CI's does), so the
+    portable path (loops and BLAS) that other CPUs take is tested here with the kernel
+    switched off (FASTRNN_NO_AVX512, read once per process): reference agreement and
+    bitwise determinism across threads, in a child process."""
+    env = dict(os.environ, FASTRNN_NO_AVX512="1", FASTRNN_TEST_BACKENDS="cpu")
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "(matches_reference and f32) or past_one_gemm_pass or bitwise"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout

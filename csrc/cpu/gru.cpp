@@ -64,7 +64,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
   T* wblk = xp + st.S * GH;                       // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
-  T* wt = hbuf + N * H;                           // [C, 3H]
+  T* wt = hbuf + N * H;                           // packed_size(C, 3H): w_ih^T
 
   input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, G, H, H, wblk);
@@ -88,8 +88,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-      gemm_rm(false, false, rows, G * ub, H, hp + r0 * H, H, wblk + k * H * G * kUnitBlock,
-              G * ub, T(0), g, G * ub);
+      step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
       for (int64_t r = r0; r < r0 + rows; ++r)
         fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
                           hp + r * H + u0, out + (off + r) * H + u0,
@@ -107,7 +106,9 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   T* dgi = scratch;          // [S, 3H]
   T* dgh = dgi + S * GH;     // [S, 3H]
   T* hprev = dgh + S * GH;   // [S, H]
+  T* panels = hprev + S * H;  // backward_pack_scratch: packed operands
   gather_prev(st, h0, H, out, H, H, hprev);
+  pack_prev_state_weight(GH, H, w_hh, panels);
 
   for (int64_t i = st.T - 1; i >= 0; --i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
@@ -122,7 +123,7 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
                 dgi + r * GH + u0, dgh + r * GH + u0);
     });
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh.
-    grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, dh,
+    grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
                        [&](int64_t r, int64_t p0, int64_t p1, T* o) {
       const T* g = dout + (off + r) * H;
       const T* z = ws + (off + r) * 4 * H + H;
@@ -130,9 +131,9 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
       return true;
     });
   }
-  tiled_gemm(true, false, GH, C, S, dgi, GH, x, C, T(0), dw_ih, C);
-  tiled_gemm(false, false, S, C, GH, dgi, GH, w_ih, C, T(0), dx, C);
-  tiled_gemm(true, false, GH, H, S, dgh, GH, hprev, H, T(0), dw_hh, H);
+  input_grad(S, GH, C, dgi, w_ih, panels, dx);
+  weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
+  weight_grads<T>(S, GH, dgh, {{hprev, H, dw_hh}}, panels);
   column_sums(dgi, S, GH, GH, db_ih);
   column_sums(dgh, S, GH, GH, db_hh);
 }
@@ -149,13 +150,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
-  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, H}, input.options())
-                                              : at::empty({st.T, N, H}, input.options());
+  at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
+                                              : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
-  at::Tensor ws = need_workspace ? at::empty({st.S, 4 * H}, input.options())
+  at::Tensor ws = need_workspace ? empty_large({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = at::empty(
-      {(st.S + C) * G * H + nblk * (H + N) * G * kUnitBlock + N * H}, input.options());
+  at::Tensor scratch = empty_large({st.S * G * H + packed_size(C, G * H) +
+                                  nblk * (H + N) * G * kUnitBlock + N * H},
+                                 input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {
     auto run = need_workspace ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
@@ -187,14 +189,18 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H;
-  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
-  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
-  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
+  dout.copy_(grad_output);  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
+  at::Tensor dx = empty_large(input.sizes(), input.options());
   at::Tensor dw_ih = at::empty({GH, C}, input.options());
   at::Tensor dw_hh = at::empty({GH, H}, input.options());
   at::Tensor db_ih = at::empty({GH}, input.options());
   at::Tensor db_hh = at::empty({GH}, input.options());
-  at::Tensor scratch = at::empty({st.S * (2 * GH + H)}, input.options());
+  at::Tensor scratch =
+      empty_large({st.S * (2 * GH + H) +
+                 backward_pack_scratch(input, st.S, GH, C, H)},
+                input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
     backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),

@@ -71,7 +71,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
   T* hbuf = gh + nblk * N * G * kUnitBlock;   // [N, P]
   T* hraw = hbuf + N * P;                     // [N, H] (kProj)
   T* whr_t = hraw + (kProj ? N * H : 0);      // [H, P] (kProj)
-  T* wt = whr_t + (kProj ? H * P : 0);        // [C, 4H]
+  T* wt = whr_t + (kProj ? H * P : 0);        // packed_size(C, 4H): w_ih^T
 
   input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, G, H, P, wblk);
@@ -100,8 +100,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-      gemm_rm(false, false, rows, G * ub, P, hp + r0 * P, P, wblk + k * P * G * kUnitBlock,
-              G * ub, T(0), g, G * ub);
+      step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
       for (int64_t r = r0; r < r0 + rows; ++r)
         fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
                           cs + r * H + u0, hdst + r * H + u0,
@@ -132,7 +131,9 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
   T* cprev = hprev + S * P;     // [S, H]
   T* hraw = cprev + S * H;      // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
+  T* panels = kProj ? dhraw + st.N * H : hraw;  // backward_pack_scratch: packed operands
   gather_prev(st, h0, P, out, P, P, hprev);
+  pack_prev_state_weight(GH, P, w_hh, panels);
   gather_prev(st, c0, H, ws + 4 * H, 5 * H, H, cprev);
 
   for (int64_t i = st.T - 1; i >= 0; --i) {
@@ -154,12 +155,11 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
       }
     });
-    grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, dh,
+    grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
   }
-  tiled_gemm(true, false, GH, C, S, dg, GH, x, C, T(0), dw_ih, C);
-  tiled_gemm(false, false, S, C, GH, dg, GH, w_ih, C, T(0), dx, C);
-  tiled_gemm(true, false, GH, P, S, dg, GH, hprev, P, T(0), dw_hh, P);
+  input_grad(S, GH, C, dg, w_ih, panels, dx);
+  weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {hprev, P, dw_hh}}, panels);
   if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
   column_sums(dg, S, GH, GH, db);
 }
@@ -188,13 +188,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
-  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, P}, input.options())
-                                              : at::empty({st.T, N, P}, input.options());
+  at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, P}, input.options())
+                                              : empty_large({st.T, N, P}, input.options());
   at::Tensor h_n = at::empty({N, P}, input.options());
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
-  at::Tensor ws = need_workspace ? at::empty({st.S, 5 * H}, input.options())
+  at::Tensor ws = need_workspace ? empty_large({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = at::empty({(st.S + C) * G * H + nblk * (P + N) * G * kUnitBlock + N * P +
+  at::Tensor scratch = empty_large({st.S * G * H + packed_size(C, G * H) +
+                                  nblk * (P + N) * G * kUnitBlock + N * P +
                                   (proj ? N * H + H * P : 0)},
                                  input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd", [&] {
@@ -237,16 +238,19 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
-  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
-  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
-  at::Tensor dc = grad_c_n.contiguous().clone();        // ends as grad_c0
-  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
+  dout.copy_(grad_output);  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
+  at::Tensor dc = grad_c_n.contiguous().clone();  // ends as grad_c0
+  at::Tensor dx = empty_large(input.sizes(), input.options());
   at::Tensor dw_ih = at::empty({GH, C}, input.options());
   at::Tensor dw_hh = at::empty({GH, P}, input.options());
   at::Tensor db = at::empty({GH}, input.options());
   at::Tensor dw_hr = proj ? at::empty({P, H}, input.options()) : at::empty({0}, input.options());
   at::Tensor scratch =
-      at::empty({S * (GH + P + H) + (proj ? S * H + N * H : 0)}, input.options());
+      empty_large({S * (GH + P + H) + (proj ? S * H + N * H : 0) +
+                 backward_pack_scratch(input, S, GH, C, P)},
+                input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
     using T = scalar_t;
     auto run = proj ? backward<T, true> : backward<T, false>;

@@ -8,6 +8,11 @@
 // kUnitBlock, kGemmRowTile), each tile is computed by one thread in a fixed order, and
 // at::parallel_for only decides which thread runs which tile. Results are therefore
 // bitwise identical for any torch.get_num_threads().
+//
+// GEMM engines: float32 on a CPU with AVX-512 runs every product of the recurrence and the
+// whole-sequence GEMMs on packed_gemm, with each B operand packed once per op call;
+// otherwise (float64, or no AVX-512) products go through gemm_rm (loops or BLAS). The
+// helpers below take that branch so the cells do not.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -20,9 +25,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <optional>
+#include <type_traits>
 
 #include "cell_math.h"
+#include "packed_gemm.h"
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace fastrnn {
 namespace cpu {
@@ -35,11 +48,32 @@ constexpr int64_t kRowTile = 64;
 constexpr int64_t kUnitBlock = 64;
 // Rows per tile of the whole-sequence GEMMs (input projection, weight gradients).
 constexpr int64_t kGemmRowTile = 256;
+// Tile of the whole-sequence GEMMs on packed_gemm. Its results do not depend on the
+// tiling, so the tiles are chosen for balance and cache only: 2-D so that narrow products
+// (a [3H, H] weight gradient at H=128) still split across threads.
+constexpr int64_t kPackedRowTile = 128;
+constexpr int64_t kPackedColTile = 256;
 // Below this many multiply-adds per parallel region, waking the other threads costs more
 // than it saves (measured ~2 us per region on the 2-core CI machines).
 constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
 
 inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// at::empty for the large buffers of an op call (output, workspace, scratch). On Linux
+// their whole 2 MiB stretches are marked for transparent huge pages before first touch:
+// the allocator hands back fresh pages on every call at these sizes, and faulting in tens
+// of MiB 4 KiB at a time cost ~10% of an LSTM forward at H=512.
+inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#ifdef __linux__
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
 
 // Runs f(tile) for tile in [0, ntiles); work = multiply-adds per tile, used to keep small
 // steps on the calling thread.
@@ -66,12 +100,53 @@ inline void tiled_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
   });
 }
 
+// Whether T's products run on packed_gemm (see the top of this file).
+template <typename T>
+inline bool use_packed_gemm() {
+  if constexpr (std::is_same_v<T, float>) return packed_gemm_available();
+  return false;
+}
+
+// pack_panels over groups of panels in parallel (the activations packed for the weight
+// gradients are tens of MiB); a copied float counts as one multiply-add of work.
+inline void parallel_pack(int64_t k, int64_t n, const float* b, int64_t row_stride,
+                          int64_t col_stride, float* out) {
+  constexpr int64_t kCols = 4 * kPanel;
+  parallel_tiles(div_up(n, kCols), k * kCols, [&](int64_t i) {
+    const int64_t j0 = i * kCols;
+    pack_panels(k, std::min(kCols, n - j0), b + j0 * col_stride, row_stride, col_stride,
+                out + j0 * k);
+  });
+}
+
+// packed_gemm over (kPackedRowTile x kPackedColTile) tiles of C, in parallel; arguments as
+// packed_gemm. Column tiles vary fastest so that consecutive tiles share their A rows.
+inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const float* bp,
+                              const float* init, int64_t init_ld, float* c, int64_t ldc) {
+  const int64_t nct = div_up(n, kPackedColTile);
+  parallel_tiles(div_up(m, kPackedRowTile) * nct,
+                 std::min(m, kPackedRowTile) * std::min(n, kPackedColTile) * k,
+                 [&](int64_t tile) {
+    const int64_t r0 = (tile / nct) * kPackedRowTile, j0 = (tile % nct) * kPackedColTile;
+    packed_gemm(std::min(kPackedRowTile, m - r0), std::min(kPackedColTile, n - j0), k,
+                a.from_row(r0), bp + j0 * k, init ? init + r0 * init_ld + j0 : nullptr, init_ld,
+                c + r0 * ldc + j0, ldc);
+  });
+}
+
 // xp[S, GH] = bias[GH] + x[S, C] @ w_ih[GH, C]^T: the input projection of every step.
-// Small products take the loop GEMM, which wants w_ih^T stored [C, GH]: wt (scratch
-// [C, GH]) receives it.
+// wt is scratch of packed_size(C, GH) floats: w_ih^T packed for packed_gemm, or stored
+// [C, GH] for the loop GEMM of small products.
 template <typename T>
 inline void input_projection(int64_t S, int64_t GH, int64_t C, const T* x, const T* w_ih,
                              const T* bias, T* xp, T* wt) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_gemm_available()) {
+      pack_panels(C, GH, w_ih, 1, C, wt);
+      tiled_packed_gemm(S, GH, C, rows_operand(x, C), wt, bias, 0, xp, GH);
+      return;
+    }
+  }
   for (int64_t s = 0; s < S; ++s) std::copy(bias, bias + GH, xp + s * GH);
   if (std::min(S, kGemmRowTile) * GH * C > kLoopGemmMaxFmas) {
     tiled_gemm(false, true, S, GH, C, x, C, w_ih, C, T(1), xp, GH);
@@ -80,6 +155,64 @@ inline void input_projection(int64_t S, int64_t GH, int64_t C, const T* x, const
   for (int64_t j = 0; j < GH; ++j)
     for (int64_t c = 0; c < C; ++c) wt[c * GH + j] = w_ih[j * C + c];
   tiled_gemm(false, false, S, GH, C, x, C, wt, GH, T(1), xp, GH);
+}
+
+// dx[S, C] = dg[S, GH] @ w_ih[GH, C]. wp: backward_pack_scratch (unused without packing).
+template <typename T>
+inline void input_grad(int64_t S, int64_t GH, int64_t C, const T* dg, const T* w_ih, T* wp,
+                       T* dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_gemm_available()) {
+      pack_panels(GH, C, w_ih, C, 1, wp);
+      tiled_packed_gemm(S, C, GH, rows_operand(dg, GH), wp, nullptr, 0, dx, C);
+      return;
+    }
+  }
+  tiled_gemm(false, false, S, C, GH, dg, GH, w_ih, C, T(0), dx, C);
+}
+
+// One weight gradient of weight_grads: dw[GH, n] for a weight applied to the rows of
+// b [S, n].
+template <typename T>
+struct WeightGrad {
+  const T* b;
+  int64_t n;
+  T* dw;
+};
+
+// dw = dg[S, GH]^T @ b for each term: the gradients of the weights that multiply b's rows
+// into the gates whose pre-activation gradients are dg. scratch: backward_pack_scratch
+// (unused without packing): dg^T packed once for all terms, then each b in turn.
+template <typename T>
+inline void weight_grads(int64_t S, int64_t GH, const T* dg,
+                         std::initializer_list<WeightGrad<T>> terms, T* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_gemm_available()) {
+      // dg^T packed in chunks of steps: each chunk's rows are read once, contiguously.
+      constexpr int64_t kChunk = 64;
+      parallel_tiles(div_up(S, kChunk), kChunk * GH, [&](int64_t i) {
+        pack_row_blocks(GH, S, i * kChunk, std::min(S, (i + 1) * kChunk), dg, GH, scratch);
+      });
+      T* bp = scratch + S * div_up(GH, kBlockRows) * kBlockRows;
+      for (const WeightGrad<T>& t : terms) {
+        parallel_pack(S, t.n, t.b, t.n, 1, bp);
+        tiled_packed_gemm(GH, t.n, S, blocks_operand(scratch, S), bp, nullptr, 0, t.dw, t.n);
+      }
+      return;
+    }
+  }
+  for (const WeightGrad<T>& t : terms)
+    tiled_gemm(true, false, GH, t.n, S, dg, GH, t.b, t.n, T(0), t.dw, t.n);
+}
+
+// Floats of the region a backward call packs its operands into, one use after another:
+// W_hh for grad_to_prev_state, W_ih for input_grad, then weight_grads' dg^T and
+// activations (b of width C or P). 0 where packed_gemm does not apply.
+inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t GH, int64_t C,
+                                     int64_t P) {
+  if (like.scalar_type() != at::kFloat || !packed_gemm_available()) return 0;
+  return std::max({packed_size(GH, P), packed_size(GH, C),
+                   S * div_up(GH, kBlockRows) * kBlockRows + packed_size(S, std::max(C, P))});
 }
 
 // out[j] = sum_r x[r*ldx + j] for j < w, rows summed in order (bias gradients).
@@ -182,18 +315,38 @@ inline void gather_last(const Steps& st, const T* seq, int64_t w, T* dst) {
 
 // W [G*H, P] row-major -> W^T cut into unit blocks: block k ([P, G*ub], ub = its unit
 // count, stored from k*P*G*kUnitBlock) holds columns g*ub + j = row g*H + k*kUnitBlock + j
-// of W, so one GEMM per block yields every gate of the block's units.
+// of W, so one GEMM per block yields every gate of the block's units. A block is stored
+// for step_product: in panels for packed_gemm (at most P*G*kUnitBlock floats, as G*64 is
+// a whole number of panels), else row-major.
 template <typename T>
 inline void pack_unit_blocks(const T* w, int64_t G, int64_t H, int64_t P, T* out) {
   for (int64_t k = 0; k * kUnitBlock < H; ++k) {
     const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+    const int64_t cols = G * ub, nr = use_packed_gemm<T>() ? kPanel : cols;
     T* blk = out + k * P * G * kUnitBlock;
+    if (cols % nr != 0)  // zero the padding columns of the last panel
+      std::fill(blk + (cols / nr) * P * nr, blk + div_up(cols, nr) * P * nr, T(0));
     for (int64_t g = 0; g < G; ++g)
       for (int64_t j = 0; j < ub; ++j) {
+        const int64_t col = g * ub + j;
         const T* row = w + (g * H + u0 + j) * P;
-        for (int64_t p = 0; p < P; ++p) blk[p * G * ub + g * ub + j] = row[p];
+        T* dst = blk + (col / nr) * P * nr + col % nr;
+        for (int64_t p = 0; p < P; ++p) dst[p * nr] = row[p];
       }
   }
+}
+
+// g[rows, cols] = h[rows, P] @ blk[P, cols], blk one block from pack_unit_blocks.
+template <typename T>
+inline void step_product(int64_t rows, int64_t cols, int64_t P, const T* h, const T* blk,
+                         T* g) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_gemm_available()) {
+      packed_gemm(rows, cols, P, rows_operand(h, P), blk, nullptr, 0, g, cols);
+      return;
+    }
+  }
+  gemm_rm(false, false, rows, cols, P, h, P, blk, cols, T(0), g, cols);
 }
 
 inline void check_dtype(const at::Tensor& input, const char* op) {
@@ -241,15 +394,25 @@ inline void add_state_grad(T* __restrict__ dh_out, const T* __restrict__ dh_stat
   for (int64_t j = 0; j < n; ++j) dh_out[j] += dh_state[j];
 }
 
+// w_hh [G*H, P] packed for grad_to_prev_state into wp (backward_pack_scratch), when
+// packed_gemm runs it; the BLAS path reads w_hh as it is.
+template <typename T>
+inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (packed_gemm_available()) pack_panels(GH, P, w_hh, P, 1, wp);
+  }
+}
+
 // dh[r, :] = direct[r, :] + dg[r, :] @ w_hh for the bt active rows of one step:
 //   dg [bt, G*H] (row stride G*H) gate pre-activation gradients on the hidden side,
-//   w_hh [G*H, P], dh [N, P] the recurrent gradient state (rows >= bt untouched),
+//   w_hh [G*H, P], wp: w_hh from pack_prev_state_weight, dh [N, P] the recurrent gradient
+//   state (rows >= bt untouched),
 //   direct(r, p0, p1, out) writes the gradient reaching h_{t-1} outside W_hh (GRU's z*dh)
 //   into out[p0:p1] and returns true, or returns false when there is none.
 // Tiles are (row tile, kUnitBlock columns of P).
 template <typename T, class Direct>
 inline void grad_to_prev_state(int64_t bt, int64_t GH, int64_t P, const T* dg, const T* w_hh,
-                               T* dh, const Direct& direct) {
+                               const T* wp, T* dh, const Direct& direct) {
   const int64_t nrt = div_up(bt, kRowTile), ncb = div_up(P, kUnitBlock);
   parallel_tiles(nrt * ncb, std::min(bt, kRowTile) * std::min(P, kUnitBlock) * GH,
                  [&](int64_t tile) {
@@ -257,8 +420,16 @@ inline void grad_to_prev_state(int64_t bt, int64_t GH, int64_t P, const T* dg, c
     const int64_t p0 = (tile / nrt) * kUnitBlock, pc = std::min(kUnitBlock, P - p0);
     bool acc = false;
     for (int64_t r = r0; r < r0 + rows; ++r) acc = direct(r, p0, p0 + pc, dh + r * P);
+    T* out = dh + r0 * P + p0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_gemm_available()) {
+        packed_gemm(rows, pc, GH, rows_operand(dg + r0 * GH, GH), wp + p0 * GH,
+                    acc ? out : nullptr, P, out, P);
+        return;
+      }
+    }
     gemm_rm(false, false, rows, pc, GH, dg + r0 * GH, GH, w_hh + p0, P, acc ? T(1) : T(0),
-            dh + r0 * P + p0, P);
+            out, P);
   });
 }
 

@@ -28,7 +28,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
   T* wblk = xp + st.S * H;                  // [nblk][H][kUnitBlock]
   T* gh = wblk + nblk * H * kUnitBlock;     // [nblk][N][kUnitBlock]
   T* hbuf = gh + nblk * N * kUnitBlock;     // [N, H]
-  T* wt = hbuf + N * H;                     // [C, H]
+  T* wt = hbuf + N * H;                     // packed_size(C, H): w_ih^T
 
   input_projection(st.S, H, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, 1, H, H, wblk);
@@ -52,8 +52,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * kUnitBlock + r0 * ub;
-      gemm_rm(false, false, rows, ub, H, hp + r0 * H, H, wblk + k * H * kUnitBlock, ub, T(0),
-              g, ub);
+      step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
       for (int64_t r = r0; r < r0 + rows; ++r)
         fwd_row<T, kRelu>(ub, xp + (off + r) * H + u0, g + (r - r0) * ub, bhh + u0,
                           out + (off + r) * H + u0);
@@ -69,7 +68,9 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   const int64_t S = st.S;
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
   T* hprev = dg + S * H;    // [S, H]
+  T* panels = hprev + S * H;  // backward_pack_scratch: packed operands
   gather_prev(st, h0, H, out, H, H, hprev);
+  pack_prev_state_weight(H, H, w_hh, panels);
 
   for (int64_t i = st.T - 1; i >= 0; --i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
@@ -82,12 +83,11 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
         // !(y <= 0), as torch's threshold_backward: a NaN output passes its gradient on.
         d[j] = kRelu ? (!(y[j] <= T(0)) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
     }
-    grad_to_prev_state(bt, H, H, dg + off * H, w_hh, dh,
+    grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
   }
-  tiled_gemm(true, false, H, C, S, dg, H, x, C, T(0), dw_ih, C);
-  tiled_gemm(false, false, S, C, H, dg, H, w_ih, C, T(0), dx, C);
-  tiled_gemm(true, false, H, H, S, dg, H, hprev, H, T(0), dw_hh, H);
+  input_grad(S, H, C, dg, w_ih, panels, dx);
+  weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {hprev, H, dw_hh}}, panels);
   column_sums(dg, S, H, H, db);
 }
 
@@ -103,11 +103,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bih = bias_or_zeros(b_ih, H, input), bhh = bias_or_zeros(b_hh, H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
-  at::Tensor output = batch_sizes.has_value() ? at::empty({st.S, H}, input.options())
-                                              : at::empty({st.T, N, H}, input.options());
+  at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
+                                              : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
-  at::Tensor scratch =
-      at::empty({(st.S + C) * H + nblk * (H + N) * kUnitBlock + N * H}, input.options());
+  at::Tensor scratch = empty_large(
+      {st.S * H + packed_size(C, H) + nblk * (H + N) * kUnitBlock + N * H}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
     auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
@@ -136,13 +136,16 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
-  at::Tensor dout = grad_output.contiguous().clone();  // accumulates dL/dh_t in place
-  at::Tensor dh = grad_h_n.contiguous().clone();        // ends as grad_h0
-  at::Tensor dx = at::empty_like(input, at::MemoryFormat::Contiguous);
+  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
+  dout.copy_(grad_output);  // accumulates dL/dh_t in place
+  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
+  at::Tensor dx = empty_large(input.sizes(), input.options());
   at::Tensor dw_ih = at::empty({H, C}, input.options());
   at::Tensor dw_hh = at::empty({H, H}, input.options());
   at::Tensor db = at::empty({H}, input.options());
-  at::Tensor scratch = at::empty({st.S * 2 * H}, input.options());
+  at::Tensor scratch = empty_large(
+      {st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H)},
+      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),

@@ -1,0 +1,148 @@
+// The AVX-512 micro-kernel behind packed_gemm (see packed_gemm.h for the contract).
+//
+// The kernel functions carry a target attribute instead of the whole file being built with
+// -mavx512f, so the extension still loads and runs (on gemm_rm) on CPUs without AVX-512;
+// packed_gemm_available() decides at run time.
+#include "packed_gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace fastrnn {
+namespace cpu {
+
+void pack_panels(int64_t k, int64_t n, const float* b, int64_t row_stride, int64_t col_stride,
+                 float* out) {
+  for (int64_t j0 = 0; j0 < n; j0 += kPanel) {
+    const int64_t w = std::min(kPanel, n - j0);
+    float* panel = out + j0 * k;
+    if (w < kPanel)
+      std::fill(panel, panel + k * kPanel, 0.0f);
+    if (row_stride == 1) {  // transposed source: read each column of B contiguously
+      for (int64_t j = 0; j < w; ++j) {
+        const float* src = b + (j0 + j) * col_stride;
+        for (int64_t p = 0; p < k; ++p) panel[p * kPanel + j] = src[p];
+      }
+    } else {
+      for (int64_t p = 0; p < k; ++p) {
+        const float* src = b + p * row_stride + j0 * col_stride;
+        for (int64_t j = 0; j < w; ++j) panel[p * kPanel + j] = src[j * col_stride];
+      }
+    }
+  }
+}
+
+void pack_row_blocks(int64_t m, int64_t K, int64_t p0, int64_t p1, const float* at,
+                     int64_t ld, float* out) {
+  for (int64_t i0 = 0; i0 < m; i0 += kBlockRows) {
+    const int64_t rows = std::min(kBlockRows, m - i0);
+    float* block = out + i0 * K;
+    for (int64_t p = p0; p < p1; ++p)
+      std::copy(at + p * ld + i0, at + p * ld + i0 + rows, block + p * kBlockRows);
+  }
+}
+
+#if defined(__x86_64__)
+
+namespace {
+
+// kBlockRows x 2 vectors = 16 accumulators: enough independent FMA chains to hide their
+// latency, with each B vector reused 8 times from a register. Wider tiles (12x32, 6x64,
+// 8x48) measured no faster on Zen4.
+constexpr int kRows = static_cast<int>(kBlockRows);
+// Depth of one pass over the panels: a slice [kDepth, kPanel] of a panel is 64 KiB and the
+// A slice of a 128-256 row tile stays in L2 while every panel streams past it.
+constexpr int64_t kDepth = 512;
+
+// C[R, 32] = init + A[R, k] @ panel[k, 32], columns masked by m0/m1 (16 each).
+template <int R>
+[[gnu::target("avx512f")]] void micro_kernel(int64_t k, const float* a, int64_t row_stride,
+                                             int64_t k_stride, const float* b,
+                                             const float* init, int64_t init_ld, float* c,
+                                             int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  __m512 lo[R], hi[R];
+  for (int i = 0; i < R; ++i) {
+    lo[i] = init ? _mm512_maskz_loadu_ps(m0, init + i * init_ld) : _mm512_setzero_ps();
+    hi[i] = init ? _mm512_maskz_loadu_ps(m1, init + i * init_ld + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < k; ++p, a += k_stride, b += kPanel) {
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    for (int i = 0; i < R; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i * row_stride]);
+      lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+      hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    _mm512_mask_storeu_ps(c + i * ldc, m0, lo[i]);
+    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, hi[i]);
+  }
+}
+
+using MicroKernel = void (*)(int64_t, const float*, int64_t, int64_t, const float*,
+                             const float*, int64_t, float*, int64_t, __mmask16, __mmask16);
+constexpr MicroKernel kMicroKernels[kRows + 1] = {
+    nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>, micro_kernel<4>,
+    micro_kernel<5>, micro_kernel<6>, micro_kernel<7>, micro_kernel<8>};
+
+// Lanes of a 16-float half of a panel that hold one of the w valid columns (from `from`).
+__mmask16 column_mask(int64_t w, int64_t from) {
+  const int64_t lanes = std::clamp<int64_t>(w - from, 0, 16);
+  return static_cast<__mmask16>((uint32_t(1) << lanes) - 1);
+}
+
+[[gnu::target("avx512f")]] void packed_gemm_avx512(int64_t m, int64_t n, int64_t k,
+                                                   AOperand a, const float* bp,
+                                                   const float* init, int64_t init_ld,
+                                                   float* c, int64_t ldc) {
+  // One pass even when k == 0, so C still receives init.
+  for (int64_t p0 = 0; p0 == 0 || p0 < k; p0 += kDepth) {
+    const int64_t kc = std::min(kDepth, k - p0);
+    // Later passes continue the sums already in C.
+    const float* in = p0 == 0 ? init : c;
+    const int64_t in_ld = p0 == 0 ? init_ld : ldc;
+    for (int64_t j = 0; j < n; j += kPanel) {
+      const __mmask16 m0 = column_mask(n - j, 0), m1 = column_mask(n - j, 16);
+      const float* b = bp + j * k + p0 * kPanel;
+      for (int64_t i = 0; i < m; i += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, m - i));
+        kMicroKernels[rows](kc, a.from_row(i).data + p0 * a.k_stride, a.row_stride,
+                            a.k_stride, b, in ? in + i * in_ld + j : nullptr, in_ld,
+                            c + i * ldc + j, ldc, m0, m1);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool packed_gemm_available() {
+  // FASTRNN_NO_AVX512=1 forces the portable path, so that a machine with AVX-512 (CI's)
+  // can test it too. Read once, at the first call.
+  static const bool available = __builtin_cpu_supports("avx512f") &&
+                                std::getenv("FASTRNN_NO_AVX512") == nullptr;
+  return available;
+}
+
+void packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const float* bp,
+                 const float* init, int64_t init_ld, float* c, int64_t ldc) {
+  packed_gemm_avx512(m, n, k, a, bp, init, init_ld, c, ldc);
+}
+
+#else  // no AVX-512 kernel for this architecture: callers stay on gemm_rm
+
+bool packed_gemm_available() { return false; }
+
+void packed_gemm(int64_t, int64_t, int64_t, AOperand, const float*, const float*, int64_t,
+                 float*, int64_t) {
+  std::abort();  // unreachable: guarded by packed_gemm_available()
+}
+
+#endif
+
+}  // namespace cpu
+}  // namespace fastrnn
