@@ -21,7 +21,7 @@ CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN), "GRU": (nn.GRU, fastrnn.FusedGRU),
          "LSTM": (nn.LSTM, fastrnn.FusedLSTM)}
 # (name, B, T, I, H, reps)
 SHAPES = (("sine", 1, 20, 1, 16, 300), ("sine_batch", 38, 20, 1, 16, 200),
-          ("h128", 64, 100, 128, 128, 9), ("h512", 64, 100, 512, 512, 3))
+          ("h128", 64, 100, 128, 128, 11), ("h512", 64, 100, 512, 512, 5))
 
 
 def pair(cell, I, H):
