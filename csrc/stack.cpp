@@ -87,14 +87,38 @@ std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
   }
 }
 
-// [L*D,N,width] zeros for an absent initial state of padded input [T,N,C].
+// The given initial state, checked to be [L*D, N, width] like the input, or zeros of that
+// shape for padded input [T,N,C] when absent.
 Tensor state_or_zeros(const OptTensor& state, int64_t states, const Tensor& time_major,
                       int64_t width, const char* name) {
-  if (state.has_value()) return *state;
-  TORCH_CHECK(time_major.dim() == 3, "fastrnn::layer_stack: ", name,
-              " is required for packed input");
-  // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
-  return at::zeros_symint({states, time_major.sym_size(1), width}, time_major.options());
+  if (!state.has_value()) {
+    TORCH_CHECK(time_major.dim() == 3, "fastrnn::layer_stack: ", name,
+                " is required for packed input");
+    // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
+    return at::zeros_symint({states, time_major.sym_size(1), width}, time_major.options());
+  }
+  TORCH_CHECK(state->dim() == 3 && state->sym_size(0) == states &&
+                  state->sym_size(2) == width,
+              "fastrnn::layer_stack: ", name, " must be [", states, ", N, ", width,
+              "] (num_layers * directions, batch, size), got ", state->sym_sizes());
+  TORCH_CHECK(state->scalar_type() == time_major.scalar_type() &&
+                  state->device() == time_major.device(),
+              "fastrnn::layer_stack: ", name, " must have the input's dtype and device (",
+              time_major.scalar_type(), " on ", time_major.device(), "), got ",
+              state->scalar_type(), " on ", state->device());
+  return *state;
+}
+
+// Input [T,N,C] (or [N,T,C]) padded, [S,C] packed; every weight of its dtype and device.
+void check_input_and_weights(const Tensor& input, bool packed, at::TensorList weights) {
+  TORCH_CHECK(input.dim() == (packed ? 2 : 3), "fastrnn::layer_stack: ",
+              packed ? "packed input must be [S, C]" : "padded input must be 3-D",
+              ", got ", input.dim(), "-D");
+  for (const Tensor& w : weights)
+    TORCH_CHECK(w.scalar_type() == input.scalar_type() && w.device() == input.device(),
+                "fastrnn::layer_stack: every weight must have the input's dtype and device (",
+                input.scalar_type(), " on ", input.device(), "), got ", w.scalar_type(),
+                " on ", w.device());
 }
 
 std::tuple<Tensor, Tensor, Tensor> layer_stack(
@@ -113,6 +137,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
                     weights.size());
   TORCH_CHECK_VALUE(!has_proj || is_lstm, "fastrnn::layer_stack: only LSTM has a projection");
   const bool packed = batch_sizes.has_value();
+  check_input_and_weights(input, packed, weights);
+  TORCH_CHECK_VALUE(is_lstm || !c0_.has_value(), "fastrnn::layer_stack: c0 is for LSTM only");
   const Tensor time_major = batch_first && !packed ? input.transpose(0, 1) : input;
   const int64_t hidden = weights[1].size(0) / (is_lstm ? 4 : cell == Cell::kGru ? 3 : 1);
   const Tensor h0 = state_or_zeros(h0_, states, time_major, weights[1].size(1), "h0");

@@ -86,3 +86,13 @@ def test_rejects_bad_arguments_with_clear_errors():
     packed = [args[0], x.reshape(-1, 3), torch.tensor([2] * 5)] + args[3:]
     with pytest.raises(RuntimeError, match="h0 is required for packed input"):
         ops.layer_stack(*packed)
+    with pytest.raises(RuntimeError, match="padded input must be 3-D, got 2-D"):
+        ops.layer_stack(args[0], x[0], *args[2:])
+    with pytest.raises(RuntimeError, match=r"h0 must be \[4, N, 4\]"):
+        ops.layer_stack(*args[:3], torch.zeros(2, 2, 4, dtype=torch.float64), *args[4:])
+    with pytest.raises(RuntimeError, match="h0 must have the input's dtype and device"):
+        ops.layer_stack(*args[:3], torch.zeros(4, 2, 4), *args[4:])
+    with pytest.raises(ValueError, match="c0 is for LSTM only"):
+        ops.layer_stack(*args[:4], torch.zeros(4, 2, 4, dtype=torch.float64), *args[5:])
+    with pytest.raises(RuntimeError, match="every weight must have the input's dtype"):
+        ops.layer_stack(args[0], x.float(), *args[2:])
