@@ -137,6 +137,16 @@ def test_matches_reference_past_one_gemm_pass(mode):
     test_matches_reference(mode, (45, 13, 600, 20), True, False, True, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
+@pytest.mark.parametrize("reverse", (False, True), ids=("fwd", "rev"))
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_across_projection_chunks(mode, reverse, dtype):
+    """The forward projects the input a chunk of steps at a time (~256 rows, see
+    csrc/cpu/input_projection.h): 40 packed steps of up to 30 rows cross several chunk
+    bounds, in both directions."""
+    test_matches_reference(mode, (40, 30, 6, 20), True, reverse, True, dtype)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("packed,reverse", ((False, False), (True, True), (True, False)))
 def test_gradcheck(mode, packed, reverse):

@@ -5,7 +5,7 @@
 // Workspace [S, 4H], row = [r | z | n | h_n] of that row's step (h_n = W_hn h + b_hn, kept
 // because the backward needs it and it sits inside the r product). h_{t-1} is not
 // stored: the backward rebuilds it from output and h0.
-#include "packed_steps.h"
+#include "input_projection.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -60,17 +60,16 @@ template <typename T, bool kSave>
 void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
              const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws, T* scratch) {
   const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
-  T* xp = scratch;                                // [S, 3H]
-  T* wblk = xp + st.S * GH;                       // [nblk][H][3*kUnitBlock]
+  InputProjection<T> xproj(st, GH, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, GH, C);  // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
-  T* wt = hbuf + N * H;                           // packed_size(C, 3H): w_ih^T
 
-  input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, G, H, H, wblk);
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* xp = xproj.step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * H;
@@ -89,10 +88,11 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
       step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
-      for (int64_t r = r0; r < r0 + rows; ++r)
-        fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        fwd_row<T, kSave>(ub, H, xp + r * GH + u0, g + (r - r0) * G * ub, bhh + u0,
                           hp + r * H + u0, out + (off + r) * H + u0,
                           kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
+      });
     });
   }
   gather_last(st, out, H, hn);
@@ -118,9 +118,10 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
                    [&](int64_t tile) {
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
-      for (int64_t r = off + r0; r < off + r0 + rows; ++r)
+      for_rows<T>(off + r0, off + r0 + rows, [&](int64_t r) {
         bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
                 dgi + r * GH + u0, dgh + r * GH + u0);
+      });
     });
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh.
     grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
@@ -155,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor ws = need_workspace ? empty_large({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({st.S * G * H + packed_size(C, G * H) +
+  at::Tensor scratch = empty_large({input_projection_scratch(st, G * H, C) +
                                   nblk * (H + N) * G * kUnitBlock + N * H},
                                  input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {

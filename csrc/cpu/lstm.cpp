@@ -5,7 +5,7 @@
 // Workspace [S, 5H], row = [i | f | g | o | c'] (activated gates and the new cell) of that
 // row's step. h_{t-1}, c_{t-1} and the unprojected h' are rebuilt in the backward from
 // output, c0/h0 and the workspace rather than stored.
-#include "packed_steps.h"
+#include "input_projection.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -65,15 +65,13 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
              const T* w_hh, const T* bih, const T* bhh, const T* w_hr, const T* h0, T* out,
              T* hn, T* cs, T* ws, T* scratch) {
   const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
-  T* xp = scratch;                            // [S, 4H]
-  T* wblk = xp + st.S * GH;                   // [nblk][P][4*kUnitBlock]
+  InputProjection<T> xproj(st, GH, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, GH, C);  // [nblk][P][4*kUnitBlock]
   T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;   // [N, P]
   T* hraw = hbuf + N * P;                     // [N, H] (kProj)
   T* whr_t = hraw + (kProj ? N * H : 0);      // [H, P] (kProj)
-  T* wt = whr_t + (kProj ? H * P : 0);        // packed_size(C, 4H): w_ih^T
 
-  input_projection(st.S, GH, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, G, H, P, wblk);
   if (kProj)
     for (int64_t p = 0; p < P; ++p)
@@ -81,6 +79,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* xp = xproj.step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * P;
@@ -101,10 +100,11 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
       step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
-      for (int64_t r = r0; r < r0 + rows; ++r)
-        fwd_row<T, kSave>(ub, H, xp + (off + r) * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        fwd_row<T, kSave>(ub, H, xp + r * GH + u0, g + (r - r0) * G * ub, bhh + u0,
                           cs + r * H + u0, hdst + r * H + u0,
                           kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
+      });
     });
     if (kProj) {
       const int64_t ncb = div_up(P, kUnitBlock);
@@ -148,12 +148,12 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
       if (kProj)
         gemm_rm(false, false, rows, ub, P, dout + (off + r0) * P, P, w_hr + u0, H, T(0),
                 dhraw + r0 * H + u0, H);
-      for (int64_t r = r0; r < r0 + rows; ++r) {
+      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
         const int64_t row = off + r;
         bwd_row<T, kProj>(ub, H, kProj ? dhraw + r * H + u0 : dout + row * P + u0,
                           ws + row * 5 * H + u0, cprev + row * H + u0, dc + r * H + u0,
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
-      }
+      });
     });
     grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
   at::Tensor ws = need_workspace ? empty_large({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({st.S * G * H + packed_size(C, G * H) +
+  at::Tensor scratch = empty_large({input_projection_scratch(st, G * H, C) +
                                   nblk * (P + N) * G * kUnitBlock + N * P +
                                   (proj ? N * H + H * P : 0)},
                                  input.options());

@@ -32,6 +32,7 @@
 
 #include "cell_math.h"
 #include "packed_gemm.h"
+#include "row_loop.h"
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -132,29 +133,6 @@ inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const
                 a.from_row(r0), bp + j0 * k, init ? init + r0 * init_ld + j0 : nullptr, init_ld,
                 c + r0 * ldc + j0, ldc);
   });
-}
-
-// xp[S, GH] = bias[GH] + x[S, C] @ w_ih[GH, C]^T: the input projection of every step.
-// wt is scratch of packed_size(C, GH) floats: w_ih^T packed for packed_gemm, or stored
-// [C, GH] for the loop GEMM of small products.
-template <typename T>
-inline void input_projection(int64_t S, int64_t GH, int64_t C, const T* x, const T* w_ih,
-                             const T* bias, T* xp, T* wt) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (packed_gemm_available()) {
-      pack_panels(C, GH, w_ih, 1, C, wt);
-      tiled_packed_gemm(S, GH, C, rows_operand(x, C), wt, bias, 0, xp, GH);
-      return;
-    }
-  }
-  for (int64_t s = 0; s < S; ++s) std::copy(bias, bias + GH, xp + s * GH);
-  if (std::min(S, kGemmRowTile) * GH * C > kLoopGemmMaxFmas) {
-    tiled_gemm(false, true, S, GH, C, x, C, w_ih, C, T(1), xp, GH);
-    return;
-  }
-  for (int64_t j = 0; j < GH; ++j)
-    for (int64_t c = 0; c < C; ++c) wt[c * GH + j] = w_ih[j * C + c];
-  tiled_gemm(false, false, S, GH, C, x, C, wt, GH, T(1), xp, GH);
 }
 
 // dx[S, C] = dg[S, GH] @ w_ih[GH, C]. wp: backward_pack_scratch (unused without packing).

@@ -3,7 +3,7 @@
 //
 // No workspace (an empty tensor): act' is a function of the output alone (1 - h'^2 for
 // tanh, h' > 0 for relu) and h_{t-1} is rebuilt from output and h0.
-#include "packed_steps.h"
+#include "input_projection.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -24,17 +24,16 @@ template <typename T, bool kRelu>
 void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
              const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
-  T* xp = scratch;                          // [S, H]
-  T* wblk = xp + st.S * H;                  // [nblk][H][kUnitBlock]
+  InputProjection<T> xproj(st, H, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, H, C);  // [nblk][H][kUnitBlock]
   T* gh = wblk + nblk * H * kUnitBlock;     // [nblk][N][kUnitBlock]
   T* hbuf = gh + nblk * N * kUnitBlock;     // [N, H]
-  T* wt = hbuf + N * H;                     // packed_size(C, H): w_ih^T
 
-  input_projection(st.S, H, C, x, w_ih, bih, xp, wt);
   pack_unit_blocks(w_hh, 1, H, H, wblk);
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const T* xp = xproj.step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * H;
@@ -53,9 +52,10 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * kUnitBlock + r0 * ub;
       step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
-      for (int64_t r = r0; r < r0 + rows; ++r)
-        fwd_row<T, kRelu>(ub, xp + (off + r) * H + u0, g + (r - r0) * ub, bhh + u0,
+      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        fwd_row<T, kRelu>(ub, xp + r * H + u0, g + (r - r0) * ub, bhh + u0,
                           out + (off + r) * H + u0);
+      });
     });
   }
   gather_last(st, out, H, hn);
@@ -107,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor scratch = empty_large(
-      {st.S * H + packed_size(C, H) + nblk * (H + N) * kUnitBlock + N * H}, input.options());
+      {input_projection_scratch(st, H, C) + nblk * (H + N) * kUnitBlock + N * H},
+      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
     auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
