@@ -139,12 +139,14 @@ def test_matches_reference_past_one_gemm_pass(mode):
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
 @pytest.mark.parametrize("reverse", (False, True), ids=("fwd", "rev"))
+@pytest.mark.parametrize("size", ((40, 30, 6, 20), (12, 70, 6, 70)), ids=("N30", "N70"))
 @pytest.mark.parametrize("mode", MODES)
-def test_matches_reference_across_projection_chunks(mode, reverse, dtype):
+def test_matches_reference_across_projection_chunks(mode, size, reverse, dtype):
     """The forward projects the input a chunk of steps at a time (~256 rows, see
-    csrc/cpu/input_projection.h): 40 packed steps of up to 30 rows cross several chunk
-    bounds, in both directions."""
-    test_matches_reference(mode, (40, 30, 6, 20), True, reverse, True, dtype)
+    csrc/cpu/input_projection.h): packed steps cross several chunk bounds in both
+    directions, with one row tile per step (N=30: a product per chunk) or two (N=70: a
+    product per step and row tile), and a partial unit block (H=70)."""
+    test_matches_reference(mode, size, True, reverse, True, dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -14,17 +14,17 @@ namespace {
 constexpr int64_t G = 3;
 
 // One row's units [u0, u0+ub) of one step; every pointer is pre-offset to unit u0:
-//   xp [3H] input projection (b_ih included), gh [3*ub] W_hh h block (gate-major, no
-//   bias), bhh [3H], hp [ub] h_{t-1}, h [ub] h_t out, ws [4H] workspace row.
+//   xp [3*ub] input projection block (b_ih included), gh [3*ub] W_hh h block (both
+//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [3H], hp [ub] h_{t-1}, h [ub] h_t out, ws [4H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, const T* __restrict__ hp, T* __restrict__ h,
                     T* __restrict__ ws) {
   for (int64_t j = 0; j < ub; ++j) {
     const T r = sigmoid(xp[j] + gh[j] + bhh[j]);
-    const T z = sigmoid(xp[H + j] + gh[ub + j] + bhh[H + j]);
+    const T z = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
     const T hn = gh[2 * ub + j] + bhh[2 * H + j];
-    const T n = tanh_(xp[2 * H + j] + r * hn);
+    const T n = tanh_(xp[2 * ub + j] + r * hn);
     h[j] = n + z * (hp[j] - n);
     if (kSave) {
       ws[j] = r;
@@ -59,9 +59,9 @@ inline void bwd_row(int64_t ub, int64_t H, const T* __restrict__ dh, const T* __
 template <typename T, bool kSave>
 void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
              const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws, T* scratch) {
-  const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, GH, C, x, w_ih, bih, scratch);
-  T* wblk = scratch + input_projection_scratch(st, GH, C);  // [nblk][H][3*kUnitBlock]
+  const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
+  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
 
@@ -69,7 +69,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    const T* xp = xproj.step(i);
+    xproj.before_step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * H;
@@ -88,8 +88,9 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
       step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
+      const T* xpk = xproj.block(i, k);
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kSave>(ub, H, xp + r * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+        fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                           hp + r * H + u0, out + (off + r) * H + u0,
                           kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
       });
@@ -156,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor ws = need_workspace ? empty_large({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({input_projection_scratch(st, G * H, C) +
+  at::Tensor scratch = empty_large({input_projection_scratch(st, G, H, C) +
                                   nblk * (H + N) * G * kUnitBlock + N * H},
                                  input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {

@@ -1,14 +1,20 @@
 // InputProjection: xp = b_ih + x @ w_ih^T, the input side of every gate, computed a chunk
-// of steps at a time just before the recurrence reaches them.
+// of steps at a time just before the recurrence reaches them, in the recurrence's unit
+// blocks (packed_steps.h: block k holds every gate of hidden units k*64 .. k*64+63).
 //
 // Why chunks: one [S, G*H] buffer for the whole sequence is 13-52 MiB at B=64, T=100,
 // H=128-512. Blocks that large go back to the OS when freed, so every call faulted in fresh
 // pages that the kernel zeroed first: ~10% of an LSTM forward at H=128. A chunk of about
 // kChunkRows rows is reused from chunk to chunk and is still in cache when its steps read it.
 //
-// Results do not depend on the chunking: packed_gemm sums each element in a fixed order
-// whatever the row count, and the chunk bounds (like every tile bound) come from the
-// shapes alone, never from the thread count.
+// Why unit blocks: the chunk is split into tiles exactly as the steps' regions are (row
+// tile x unit block, same tile count), so with at::parallel_for's static split the thread
+// that runs block k of a step has projected block k of that step itself. Projected by
+// whole rows instead, half of every step's xp sat in the other core's cache: two-thread
+// step tiles ran ~25% slower than one-thread ones (LSTM, H=128).
+//
+// Results do not depend on the chunking or the tiling: packed_gemm sums each element in a
+// fixed order whatever its row count, and every bound comes from the shapes alone.
 #pragma once
 
 #include "packed_steps.h"
@@ -20,62 +26,97 @@ namespace cpu {
 // this many rows). 256 rows of 4H floats at H=128 are 512 KiB: in L2 until read.
 constexpr int64_t kChunkRows = 256;
 
-// Scratch elements an InputProjection of width GH over C input features needs.
-inline int64_t input_projection_scratch(const Steps& st, int64_t GH, int64_t C) {
-  return std::min(st.S, kChunkRows + st.N - 1) * GH + packed_size(C, GH);
+// Rows a chunk can hold: it stops adding steps (of at most N rows) once it has kChunkRows.
+inline int64_t chunk_capacity(const Steps& st) {
+  return std::min(st.S, kChunkRows + st.N - 1);
+}
+
+// Scratch elements an InputProjection of G gates x H units over C input features needs.
+inline int64_t input_projection_scratch(const Steps& st, int64_t G, int64_t H, int64_t C) {
+  return div_up(H, kUnitBlock) * G * kUnitBlock * (C + 1 + chunk_capacity(st));
 }
 
 template <typename T>
 class InputProjection {
  public:
-  // x [S, C] (the layer input in Steps' row layout), w_ih [GH, C], bias [GH]; scratch of
-  // input_projection_scratch(st, GH, C) elements.
-  InputProjection(const Steps& st, int64_t GH, int64_t C, const T* x, const T* w_ih,
-                  const T* bias, T* scratch)
-      : st_(st), GH_(GH), C_(C), x_(x), bias_(bias), xp_(scratch),
-        wt_(scratch + std::min(st.S, kChunkRows + st.N - 1) * GH) {
-    // w_ih^T [C, GH]: packed into panels for packed_gemm, else row-major for gemm_rm.
-    if (packed()) {
-      if constexpr (std::is_same_v<T, float>) pack_panels(C, GH, w_ih, 1, C, wt_);
-    } else {
-      for (int64_t j = 0; j < GH; ++j)
-        for (int64_t c = 0; c < C; ++c) wt_[c * GH + j] = w_ih[j * C + c];
+  // x [S, C] (the layer input in Steps' row layout), w_ih [G*H, C], bias [G*H]; scratch of
+  // input_projection_scratch(st, G, H, C) elements.
+  InputProjection(const Steps& st, int64_t G, int64_t H, int64_t C, const T* x,
+                  const T* w_ih, const T* bias, T* scratch)
+      : st_(st), G_(G), H_(H), C_(C), nblk_(div_up(H, kUnitBlock)), x_(x),
+        block_(G * kUnitBlock), wblk_(scratch), bias_(wblk_ + nblk_ * block_ * C),
+        xp_(bias_ + nblk_ * block_), capacity_(chunk_capacity(st)) {
+    pack_unit_blocks(w_ih, G, H, C, wblk_);
+    for (int64_t k = 0; k < nblk_; ++k) {
+      const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      for (int64_t g = 0; g < G; ++g)
+        std::copy(bias + g * H + u0, bias + g * H + u0 + ub, bias_ + k * block_ + g * ub);
     }
   }
 
-  // xp of step i's rows ([bs[time(i)], GH], row stride GH), for i = 0, 1, ... in the
-  // recurrence's order. Call it outside parallel regions: a new chunk runs one.
-  const T* step(int64_t i) {
+  // Projects the chunk that starts at step i (processing order) when i starts one. Call
+  // it before step i's region, outside any parallel region: it runs its own.
+  void before_step(int64_t i) {
     if (i == chunk_end_) project_chunk_from(i);
-    return xp_ + (st_.off[st_.time(i)] - chunk_row0_) * GH_;
+  }
+
+  // Step i's rows of unit block k: [bs[time(i)], G*ub] with row stride G*ub, gate g of the
+  // block's unit j at column g*ub + j (the layout of the step's W_hh h block).
+  const T* block(int64_t i, int64_t k) const {
+    const int64_t ub = std::min(kUnitBlock, H_ - k * kUnitBlock);
+    return xp_ + k * capacity_ * block_ + (st_.off[st_.time(i)] - chunk_row0_) * G_ * ub;
   }
 
  private:
-  static bool packed() { return use_packed_gemm<T>(); }
-
   void project_chunk_from(int64_t i) {
-    int64_t rows = 0, j = i;
-    while (j < st_.T && rows < kChunkRows) rows += st_.bs[st_.time(j++)];
+    int64_t rows = 0, widest = 0, j = i;
+    while (j < st_.T && rows < kChunkRows) {
+      widest = std::max(widest, st_.bs[st_.time(j)]);
+      rows += st_.bs[st_.time(j++)];
+    }
     chunk_end_ = j;
     // Steps i..j-1 hold consecutive rows of x in either direction.
     chunk_row0_ = std::min(st_.off[st_.time(i)], st_.off[st_.time(j - 1)]);
-    const T* x = x_ + chunk_row0_ * C_;
+    const int64_t nrt = div_up(widest, kRowTile);
+    parallel_tiles(nrt * nblk_, std::min(widest, kRowTile) * block_ * C_ * (j - i),
+                   [&](int64_t tile) {
+      const int64_t rt = tile % nrt, k = tile / nrt;
+      if (nrt == 1) {  // the tile's rows are the whole chunk: one product
+        project(rows, k, chunk_row0_);
+        return;
+      }
+      for (int64_t s = i; s < j; ++s) {
+        const int64_t t = st_.time(s), r0 = rt * kRowTile;
+        if (r0 < st_.bs[t]) project(std::min(kRowTile, st_.bs[t] - r0), k, st_.off[t] + r0);
+      }
+    });
+  }
+
+  // Block k of x's rows row .. row+rows-1 into the chunk.
+  void project(int64_t rows, int64_t k, int64_t row) {
+    const int64_t cols = G_ * std::min(kUnitBlock, H_ - k * kUnitBlock);
+    const T* x = x_ + row * C_;
+    const T* w = wblk_ + k * C_ * block_;
+    const T* b = bias_ + k * block_;
+    T* out = xp_ + k * capacity_ * block_ + (row - chunk_row0_) * cols;
     if constexpr (std::is_same_v<T, float>) {
-      if (packed()) {
-        tiled_packed_gemm(rows, GH_, C_, rows_operand(x, C_), wt_, bias_, 0, xp_, GH_);
+      if (use_packed_gemm<T>()) {
+        packed_gemm(rows, cols, C_, rows_operand(x, C_), w, b, 0, out, cols);
         return;
       }
     }
-    for (int64_t r = 0; r < rows; ++r) std::copy(bias_, bias_ + GH_, xp_ + r * GH_);
-    tiled_gemm(false, false, rows, GH_, C_, x, C_, wt_, GH_, T(1), xp_, GH_);
+    for (int64_t r = 0; r < rows; ++r) std::copy(b, b + cols, out + r * cols);
+    gemm_rm(false, false, rows, cols, C_, x, C_, w, cols, T(1), out, cols);
   }
 
   const Steps& st_;
-  const int64_t GH_, C_;
+  const int64_t G_, H_, C_, nblk_;
   const T* const x_;
-  const T* const bias_;
-  T* const xp_;  // the current chunk: rows chunk_row0_ .. of x, projected
-  T* const wt_;
+  const int64_t block_;  // elements per row of a full unit block: G * kUnitBlock
+  T* const wblk_;        // w_ih^T in unit blocks (pack_unit_blocks)
+  T* const bias_;        // bias in unit blocks: [nblk][G*ub]
+  T* const xp_;          // the chunk: [nblk][capacity_][G*ub]
+  const int64_t capacity_;
   int64_t chunk_end_ = 0, chunk_row0_ = 0;
 };
 

@@ -14,8 +14,8 @@ namespace {
 constexpr int64_t G = 4;
 
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
-//   xp [4H] input projection (b_ih included), gh [4*ub] W_hh h block (gate-major, no
-//   bias), bhh [4H], c [ub] cell state (c_{t-1} in, c_t out), h [ub] unprojected h_t out,
+//   xp [4*ub] input projection block (b_ih included), gh [4*ub] W_hh h block (both
+//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [4H], c [ub] cell state (c_{t-1} in, c_t out), h [ub] unprojected h_t out,
 //   ws [5H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
@@ -23,9 +23,9 @@ inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __
                     T* __restrict__ ws) {
   for (int64_t j = 0; j < ub; ++j) {
     const T ig = sigmoid(xp[j] + gh[j] + bhh[j]);
-    const T fg = sigmoid(xp[H + j] + gh[ub + j] + bhh[H + j]);
-    const T gg = tanh_(xp[2 * H + j] + gh[2 * ub + j] + bhh[2 * H + j]);
-    const T og = sigmoid(xp[3 * H + j] + gh[3 * ub + j] + bhh[3 * H + j]);
+    const T fg = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
+    const T gg = tanh_(xp[2 * ub + j] + gh[2 * ub + j] + bhh[2 * H + j]);
+    const T og = sigmoid(xp[3 * ub + j] + gh[3 * ub + j] + bhh[3 * H + j]);
     const T cn = fg * c[j] + ig * gg;
     c[j] = cn;
     h[j] = og * tanh_(cn);
@@ -64,9 +64,9 @@ template <typename T, bool kSave, bool kProj>
 void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
              const T* w_hh, const T* bih, const T* bhh, const T* w_hr, const T* h0, T* out,
              T* hn, T* cs, T* ws, T* scratch) {
-  const int64_t GH = G * H, N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, GH, C, x, w_ih, bih, scratch);
-  T* wblk = scratch + input_projection_scratch(st, GH, C);  // [nblk][P][4*kUnitBlock]
+  const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
+  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][P][4*kUnitBlock]
   T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;   // [N, P]
   T* hraw = hbuf + N * P;                     // [N, H] (kProj)
@@ -79,7 +79,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    const T* xp = xproj.step(i);
+    xproj.before_step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * P;
@@ -100,8 +100,9 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
       step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
+      const T* xpk = xproj.block(i, k);
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kSave>(ub, H, xp + r * GH + u0, g + (r - r0) * G * ub, bhh + u0,
+        fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                           cs + r * H + u0, hdst + r * H + u0,
                           kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
       });
@@ -194,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
   at::Tensor ws = need_workspace ? empty_large({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({input_projection_scratch(st, G * H, C) +
+  at::Tensor scratch = empty_large({input_projection_scratch(st, G, H, C) +
                                   nblk * (P + N) * G * kUnitBlock + N * P +
                                   (proj ? N * H + H * P : 0)},
                                  input.options());

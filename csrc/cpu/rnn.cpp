@@ -10,7 +10,7 @@ namespace cpu {
 namespace {
 
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
-//   xp [ub] input projection (b_ih included), gh [ub] W_hh h block, bhh [ub], h [ub] out.
+//   xp [ub] input projection block (b_ih included), gh [ub] W_hh h block, bhh [ub], h [ub] out.
 template <typename T, bool kRelu>
 inline void fwd_row(int64_t ub, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, T* __restrict__ h) {
@@ -24,8 +24,8 @@ template <typename T, bool kRelu>
 void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
              const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, H, C, x, w_ih, bih, scratch);
-  T* wblk = scratch + input_projection_scratch(st, H, C);  // [nblk][H][kUnitBlock]
+  InputProjection<T> xproj(st, 1, H, C, x, w_ih, bih, scratch);
+  T* wblk = scratch + input_projection_scratch(st, 1, H, C);  // [nblk][H][kUnitBlock]
   T* gh = wblk + nblk * H * kUnitBlock;     // [nblk][N][kUnitBlock]
   T* hbuf = gh + nblk * N * kUnitBlock;     // [N, H]
 
@@ -33,7 +33,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    const T* xp = xproj.step(i);
+    xproj.before_step(i);
     const T* hp = h0;
     if (i > 0) {
       const T* prev = out + st.off[st.time(i - 1)] * H;
@@ -52,8 +52,9 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
       const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
       T* g = gh + k * N * kUnitBlock + r0 * ub;
       step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
+      const T* xpk = xproj.block(i, k);
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kRelu>(ub, xp + r * H + u0, g + (r - r0) * ub, bhh + u0,
+        fwd_row<T, kRelu>(ub, xpk + r * ub, g + (r - r0) * ub, bhh + u0,
                           out + (off + r) * H + u0);
       });
     });
@@ -107,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor scratch = empty_large(
-      {input_projection_scratch(st, H, C) + nblk * (H + N) * kUnitBlock + N * H},
+      {input_projection_scratch(st, 1, H, C) + nblk * (H + N) * kUnitBlock + N * H},
       input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
     auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
