@@ -15,7 +15,8 @@ constexpr int64_t G = 3;
 
 // One row's units [u0, u0+ub) of one step; every pointer is pre-offset to unit u0:
 //   xp [3*ub] input projection block (b_ih included), gh [3*ub] W_hh h block (both
-//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [3H], hp [ub] h_{t-1}, h [ub] h_t out, ws [4H] workspace row.
+//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [3H], hp [ub] h_{t-1},
+//   h [ub] h_t out, ws [4H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, const T* __restrict__ hp, T* __restrict__ h,

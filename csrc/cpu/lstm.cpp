@@ -15,8 +15,8 @@ constexpr int64_t G = 4;
 
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
 //   xp [4*ub] input projection block (b_ih included), gh [4*ub] W_hh h block (both
-//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [4H], c [ub] cell state (c_{t-1} in, c_t out), h [ub] unprojected h_t out,
-//   ws [5H] workspace row.
+//   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [4H], c [ub] cell state
+//   (c_{t-1} in, c_t out), h [ub] unprojected h_t out, ws [5H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, T* __restrict__ c, T* __restrict__ h,

@@ -10,7 +10,8 @@ namespace cpu {
 namespace {
 
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
-//   xp [ub] input projection block (b_ih included), gh [ub] W_hh h block, bhh [ub], h [ub] out.
+//   xp [ub] input projection block (b_ih included), gh [ub] W_hh h block, bhh [ub],
+//   h [ub] out.
 template <typename T, bool kRelu>
 inline void fwd_row(int64_t ub, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, T* __restrict__ h) {
