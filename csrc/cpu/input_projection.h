@@ -47,11 +47,8 @@ class InputProjection {
         block_(G * kUnitBlock), wblk_(scratch), bias_(wblk_ + nblk_ * block_ * C),
         xp_(bias_ + nblk_ * block_), capacity_(chunk_capacity(st)) {
     pack_unit_blocks(w_ih, G, H, C, wblk_);
-    for (int64_t k = 0; k < nblk_; ++k) {
-      const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
-      for (int64_t g = 0; g < G; ++g)
-        std::copy(bias + g * H + u0, bias + g * H + u0 + ub, bias_ + k * block_ + g * ub);
-    }
+    // The bias as a [G*H, 1] matrix: its one row per block is that block's bias row.
+    pack_unit_blocks(bias, G, H, int64_t(1), bias_);
   }
 
   // Projects the chunk that starts at step i (processing order) when i starts one. Call

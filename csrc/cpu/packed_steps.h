@@ -47,7 +47,7 @@ constexpr int64_t kRowTile = 64;
 // gate math needs nothing from other tiles. Block k of W_hh^T ([P, G*64] floats for
 // H=512 is 384-512 KiB) stays in the per-core L2 across the steps.
 constexpr int64_t kUnitBlock = 64;
-// Rows per tile of the whole-sequence GEMMs (input projection, weight gradients).
+// Rows per tile of the whole-sequence gemm_rm products (input and weight gradients).
 constexpr int64_t kGemmRowTile = 256;
 // Tile of the whole-sequence GEMMs on packed_gemm. Its results do not depend on the
 // tiling, so the tiles are chosen for balance and cache only: 2-D so that narrow products
