@@ -11,7 +11,8 @@
 //   Autograd: when no input needs a gradient (no_grad, frozen weights and inputs) it
 //     takes the same path; otherwise a torch::autograd::Function runs *_fwd with
 //     need_workspace=true and its backward calls *_bwd (undefined incoming gradients
-//     become zeros; no gradient for batch_sizes, flags, or absent biases / w_hr).
+//     become zeros; no gradient for batch_sizes, flags, or absent biases / w_hr), asking
+//     only for the input and weight gradients the graph needs (grads_wanted).
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
@@ -42,7 +43,7 @@ const auto& rnn_bwd() {
   static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-      const Tensor&, bool, bool)>("fastrnn::rnn_layer_bwd");
+      const Tensor&, bool, bool, bool, bool)>("fastrnn::rnn_layer_bwd");
   return op;
 }
 const auto& gru_fwd() {
@@ -56,7 +57,7 @@ const auto& gru_bwd() {
   static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-      const Tensor&, bool)>("fastrnn::gru_layer_bwd");
+      const Tensor&, bool, bool, bool)>("fastrnn::gru_layer_bwd");
   return op;
 }
 const auto& lstm_fwd() {
@@ -71,7 +72,7 @@ const auto& lstm_bwd() {
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-      bool)>("fastrnn::lstm_layer_bwd");
+      bool, bool, bool)>("fastrnn::lstm_layer_bwd");
   return op;
 }
 
@@ -111,9 +112,26 @@ bool needs_graph(const Ts&... ts) {
 }
 
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-// A gradient for an optional input only when the input was given.
-Tensor grad_if(const Tensor& input, const Tensor& grad) {
-  return input.defined() ? grad : Tensor();
+// A gradient only where one was computed and is wanted; the others are undefined.
+Tensor grad_if(bool wanted, const Tensor& grad) { return wanted ? grad : Tensor(); }
+
+// The gradients this backward() call must compute, from its graph edges: one per defined
+// tensor argument of forward(), in order. input is edge 0, then batch_sizes (if given),
+// h0 and c0, then the weights: w_ih, w_hh and whichever of b_ih, b_hh, w_hr were given.
+// A first layer's input (data) needs no gradient, nor do frozen weights, nor inputs left
+// out of torch.autograd.grad(inputs=...): the kernels skip those GEMMs.
+struct GradsWanted {
+  bool input, weights;
+};
+// saved: the saved variables, which keep forward()'s argument order with an undefined
+// tensor for each absent optional one (batch_sizes is saved[1]); the weights are
+// saved[first_weight, first_weight + n_weights).
+GradsWanted grads_wanted(AutogradContext* ctx, const variable_list& saved, size_t first_weight,
+                         size_t n_weights) {
+  const size_t first_edge = first_weight - (saved[1].defined() ? 0 : 1);
+  size_t edges = 0;
+  for (size_t i = first_weight; i < first_weight + n_weights; ++i) edges += saved[i].defined();
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad({{first_edge, first_edge + edges}})};
 }
 
 struct RNNFunction : public torch::autograd::Function<RNNFunction> {
@@ -133,13 +151,18 @@ struct RNNFunction : public torch::autograd::Function<RNNFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const int64_t flags = ctx->saved_data["flags"].toInt();
+    const GradsWanted want = grads_wanted(ctx, s, 3, 4);
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
         below_autograd([&] {
           return rnn_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
-                                opt(s[5]), opt(s[6]), s[7], s[8], flags & 1, flags & 2);
+                                opt(s[5]), opt(s[6]), s[7], s[8], flags & 1, flags & 2,
+                                want.input, want.weights);
         });
-    return once_differentiable({dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih),
-                                grad_if(s[6], db_hh), Tensor(), Tensor()});
+    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0,
+                                grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
+                                grad_if(want.weights && s[5].defined(), db_ih),
+                                grad_if(want.weights && s[6].defined(), db_hh), Tensor(),
+                                Tensor()});
   }
 };
 
@@ -159,14 +182,17 @@ struct GRUFunction : public torch::autograd::Function<GRUFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    const GradsWanted want = grads_wanted(ctx, s, 3, 4);
     auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
         below_autograd([&] {
           return gru_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
                                 opt(s[5]), opt(s[6]), s[7], s[8],
-                                ctx->saved_data["reverse"].toBool());
+                                ctx->saved_data["reverse"].toBool(), want.input, want.weights);
         });
-    return once_differentiable({dx, Tensor(), dh0, dw_ih, dw_hh, grad_if(s[5], db_ih),
-                                grad_if(s[6], db_hh), Tensor()});
+    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0,
+                                grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
+                                grad_if(want.weights && s[5].defined(), db_ih),
+                                grad_if(want.weights && s[6].defined(), db_hh), Tensor()});
   }
 };
 
@@ -187,13 +213,17 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    const GradsWanted want = grads_wanted(ctx, s, 4, 5);
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = below_autograd([&] {
       return lstm_bwd().call(grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4],
                              s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10], s[11],
-                             ctx->saved_data["reverse"].toBool());
+                             ctx->saved_data["reverse"].toBool(), want.input, want.weights);
     });
-    return once_differentiable({dx, Tensor(), dh0, dc0, dw_ih, dw_hh, grad_if(s[6], db_ih),
-                                grad_if(s[7], db_hh), grad_if(s[8], dw_hr), Tensor()});
+    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0, dc0,
+                                grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
+                                grad_if(want.weights && s[6].defined(), db_ih),
+                                grad_if(want.weights && s[7].defined(), db_hh),
+                                grad_if(want.weights && s[8].defined(), dw_hr), Tensor()});
   }
 };
 

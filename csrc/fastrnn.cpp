@@ -21,7 +21,10 @@
 // *_layer_bwd are the kernels behind them: the forward saves a backend-private
 // `workspace` when need_workspace is true (an empty tensor otherwise) that only the
 // same backend's *_layer_bwd reads. Bias gradients are always returned (shape
-// [G*H]); the autograd glue drops them when the layer has no bias.
+// [G*H]); the autograd glue drops them when the layer has no bias. *_layer_bwd computes
+// grad_input only when need_grad_input, and the weight and bias gradients only when
+// need_grad_weights (autograd asks for what the graph needs: the input of a first layer
+// and frozen weights need none); what it skips comes back as an empty tensor.
 //
 // layer_stack runs a whole torch.nn-style stack (num_layers x directions, dropout between
 // layers) through the *_layer ops of whichever device the tensors live on; see
@@ -36,7 +39,8 @@ TORCH_LIBRARY(fastrnn, m) {
         "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def("rnn_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
         "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, "
-        "Tensor workspace, bool relu, bool reverse) "
+        "Tensor workspace, bool relu, bool reverse, bool need_grad_input, "
+        "bool need_grad_weights) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
@@ -47,7 +51,7 @@ TORCH_LIBRARY(fastrnn, m) {
         "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def("gru_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
         "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, "
-        "Tensor workspace, bool reverse) "
+        "Tensor workspace, bool reverse, bool need_grad_input, bool need_grad_weights) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
@@ -59,7 +63,8 @@ TORCH_LIBRARY(fastrnn, m) {
         "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def("lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
         "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-        "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor c_n, Tensor workspace, bool reverse) "
+        "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor c_n, Tensor workspace, bool reverse, "
+        "bool need_grad_input, bool need_grad_weights) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
         "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
 

@@ -80,26 +80,35 @@ def _register_fakes():
                 torch.empty_like(c0),
                 _fake_workspace(input, batch_sizes, need_workspace, 5 * c0.shape[-1]))
 
-    def weight_grads(w_ih, w_hh):
-        return (torch.empty_like(w_ih), torch.empty_like(w_hh),
-                w_hh.new_empty(w_hh.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+    # *_layer_bwd returns an empty tensor for each gradient it was not asked for.
+    def grad_result(wanted, like, shape=None):
+        return like.new_empty(like.shape if shape is None else shape) if wanted \
+            else like.new_empty(0)
+
+    def weight_grads(wanted, w_ih, w_hh):
+        gh = w_hh.shape[0]
+        return (grad_result(wanted, w_ih), grad_result(wanted, w_hh),
+                grad_result(wanted, w_hh, gh), grad_result(wanted, w_hh, gh))
 
     @torch.library.register_fake(lib + "rnn_layer_bwd")
     def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
-          workspace, relu, reverse):
-        return (torch.empty_like(input), torch.empty_like(h0), *weight_grads(w_ih, w_hh))
+          workspace, relu, reverse, need_grad_input, need_grad_weights):
+        return (grad_result(need_grad_input, input), torch.empty_like(h0),
+                *weight_grads(need_grad_weights, w_ih, w_hh))
 
     @torch.library.register_fake(lib + "gru_layer_bwd")
     def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
-          workspace, reverse):
-        return (torch.empty_like(input), torch.empty_like(h0), *weight_grads(w_ih, w_hh))
+          workspace, reverse, need_grad_input, need_grad_weights):
+        return (grad_result(need_grad_input, input), torch.empty_like(h0),
+                *weight_grads(need_grad_weights, w_ih, w_hh))
 
     @torch.library.register_fake(lib + "lstm_layer_bwd")
     def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-          w_hr, output, c_n, workspace, reverse):
-        grad_w_hr = torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0)
-        return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
-                *weight_grads(w_ih, w_hh), grad_w_hr)
+          w_hr, output, c_n, workspace, reverse, need_grad_input, need_grad_weights):
+        grad_w_hr = grad_result(need_grad_weights, w_hr) if w_hr is not None \
+            else w_hh.new_empty(0)
+        return (grad_result(need_grad_input, input), torch.empty_like(h0), torch.empty_like(c0),
+                *weight_grads(need_grad_weights, w_ih, w_hh), grad_w_hr)
 
 
 if LOAD_ERROR is None:

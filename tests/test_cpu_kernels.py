@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastrnn import ops, reference
 
@@ -69,21 +70,26 @@ def public_op(case):
                                          c["mode"] == "RNN_RELU", c["reverse"]]
 
 
-def grad_tensors(case):
-    names = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+GRAD_NAMES = ("input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def grad_tensors(case, names=GRAD_NAMES):
     return [case[n] for n in names if case[n] is not None]
 
 
-def run_with_grads(fn, case, seed):
-    """Outputs and gradients of every input tensor for a random upstream gradient."""
-    case = {k: (v.detach().clone().requires_grad_(True)
+def run_with_grads(fn, case, seed, requiring=GRAD_NAMES, asked=None):
+    """Outputs and gradients for a random upstream gradient: the tensors named in
+    `requiring` require grad, and the gradients of those in `asked` (default: all of
+    them) are returned."""
+    case = {k: (v.detach().clone().requires_grad_(k in requiring)
                 if isinstance(v, torch.Tensor) and k != "batch_sizes" else v)
             for k, v in case.items()}
     outs = [o for o in fn(case) if o is not None]
     gen = torch.Generator().manual_seed(seed + 1)
     loss = sum((o * torch.randn(o.shape, dtype=torch.float64, generator=gen).to(o.dtype)).sum()
                for o in outs)
-    grads = torch.autograd.grad(loss, grad_tensors(case))
+    grads = torch.autograd.grad(loss, grad_tensors(case, asked or requiring))
     return [o.detach() for o in outs], list(grads)
 
 
@@ -153,8 +159,7 @@ def test_matches_reference_across_projection_chunks(mode, size, reverse, dtype):
 @pytest.mark.parametrize("packed,reverse", ((False, False), (True, True), (True, False)))
 def test_gradcheck(mode, packed, reverse):
     case = make_case(mode, 4, 3, 2, 5, torch.float64, packed, reverse, True, 7)
-    names = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
-    present = [n for n in names if case[n] is not None]
+    present = [n for n in GRAD_NAMES if case[n] is not None]
 
     def fn(*tensors):
         c = dict(case, **dict(zip(present, tensors)))
@@ -162,6 +167,49 @@ def test_gradcheck(mode, packed, reverse):
 
     inputs = [case[n].clone().requires_grad_(True) for n in present]
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+class BackwardKernelMasks(TorchDispatchMode):
+    """Records (need_grad_input, need_grad_weights) of every *_layer_bwd call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name().endswith("_layer_bwd"):
+            self.masks.append(tuple(args[-2:]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+@pytest.mark.parametrize("requiring,asked,mask", (
+    ("all but input", "all", (False, True)),         # a first layer: its input is data
+    ("input h0 c0", "all", (True, False)),           # frozen weights
+    ("h0 c0", "all", (False, False)),
+    ("all", "input", (True, False)),                 # torch.autograd.grad(inputs=...)
+    ("all", "w_ih", (False, True)),
+    ("all", "last weight", (False, True)),           # the last edge of the node
+), ids=("data-input", "frozen-weights", "states-only", "grad-of-input", "grad-of-w_ih",
+        "grad-of-last-weight"))
+def test_backward_computes_only_wanted_gradients(mode, packed, requiring, asked, mask):
+    """The backward kernel is asked only for the input and weight gradients the graph
+    needs, and the ones it returns are bitwise those of a full backward."""
+    case = make_case(mode, 4, 3, 5, 6, torch.float32, packed, False, True, 17)
+    present = [n for n in GRAD_NAMES if case[n] is not None]
+    names = {"all": present, "all but input": present[1:],
+             "last weight": [n for n in present if n in WEIGHT_NAMES][-1:]}
+    requiring = names.get(requiring, requiring.split())
+    asked = names.get(asked, asked.split())
+    asked = [n for n in asked if n in requiring and case[n] is not None]
+    _, full = run_with_grads(fastrnn_layer, case, 17)
+    full = dict(zip(present, full))
+    with BackwardKernelMasks() as recorded:
+        _, grads = run_with_grads(fastrnn_layer, case, 17, requiring, asked)
+    assert recorded.masks == [mask]
+    for name, grad in zip(asked, grads):
+        assert torch.equal(grad, full[name]), name
 
 
 def kernel_calls(case):
@@ -184,7 +232,9 @@ def kernel_calls(case):
         bwd_args = [like(output), like(h_n), c["input"], c["batch_sizes"], c["h0"], c["w_ih"],
                     c["w_hh"], c["b_ih"], c["b_hh"], output, ws]
         bwd_args += ([c["mode"] == "RNN_RELU"] if c["mode"] != "GRU" else []) + [c["reverse"]]
-    return [(public, args), (fwd, args + [True]), (fwd, args + [False]), (bwd, bwd_args)]
+    return [(public, args), (fwd, args + [True]), (fwd, args + [False])] + [
+        (bwd, bwd_args + [need_input, need_weights])
+        for need_input, need_weights in ((True, True), (True, False), (False, True))]
 
 
 @pytest.mark.parametrize("mode", MODES)

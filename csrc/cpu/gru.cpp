@@ -100,6 +100,8 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
   gather_last(st, out, H, hn);
 }
 
+// dx, or dw_ih with dw_hh, db_ih and db_hh, null: that gradient is not wanted and not
+// computed.
 template <typename T>
 void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
               const T* h0, const T* out, const T* ws, T* dout, T* dh, T* dx, T* dw_ih,
@@ -134,11 +136,13 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
       return true;
     });
   }
-  input_grad(S, GH, C, dgi, w_ih, panels, dx);
-  weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
-  weight_grads<T>(S, GH, dgh, {{hprev, H, dw_hh}}, panels);
-  column_sums(dgi, S, GH, GH, db_ih);
-  column_sums(dgh, S, GH, GH, db_hh);
+  if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
+  if (dw_ih) {
+    weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
+    weight_grads<T>(S, GH, dgh, {{hprev, H, dw_hh}}, panels);
+    column_sums(dgi, S, GH, GH, db_ih);
+    column_sums(dgh, S, GH, GH, db_hh);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
@@ -158,9 +162,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor ws = need_workspace ? empty_large({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({input_projection_scratch(st, G, H, C) +
-                                  nblk * (H + N) * G * kUnitBlock + N * H},
-                                 input.options());
+  at::Tensor scratch = thread_scratch(
+      input_projection_scratch(st, G, H, C) + nblk * (H + N) * G * kUnitBlock + N * H,
+      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {
     auto run = need_workspace ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
@@ -177,7 +181,8 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& input_, const std::optional<at::Tensor>& batch_sizes,
               const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-              const at::Tensor& output_, const at::Tensor& workspace, bool reverse) {
+              const at::Tensor& output_, const at::Tensor& workspace, bool reverse,
+              bool need_grad_input, bool need_grad_weights) {
   const int64_t H = w_hh_.size(1);
   check_layer("gru_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, H);
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
@@ -192,27 +197,27 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H;
-  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
-  dout.copy_(grad_output);  // accumulates dL/dh_t in place
   at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
-  at::Tensor dx = empty_large(input.sizes(), input.options());
-  at::Tensor dw_ih = at::empty({GH, C}, input.options());
-  at::Tensor dw_hh = at::empty({GH, H}, input.options());
-  at::Tensor db_ih = at::empty({GH}, input.options());
-  at::Tensor db_hh = at::empty({GH}, input.options());
-  at::Tensor scratch =
-      empty_large({st.S * (2 * GH + H) +
-                 backward_pack_scratch(input, st.S, GH, C, H)},
-                input.options());
+  at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
+  at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
+  at::Tensor dw_hh = grad_result(need_grad_weights, {GH, H}, input.options());
+  at::Tensor db_ih = grad_result(need_grad_weights, {GH}, input.options());
+  at::Tensor db_hh = grad_result(need_grad_weights, {GH}, input.options());
+  const BackwardScratch scratch = backward_scratch(
+      grad_output, st.S * (2 * GH + H) + backward_pack_scratch(input, st.S, GH, C, H),
+      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
     backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
-                       ws.const_data_ptr<scalar_t>(), dout.mutable_data_ptr<scalar_t>(),
-                       dh.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-                       dw_ih.mutable_data_ptr<scalar_t>(), dw_hh.mutable_data_ptr<scalar_t>(),
-                       db_ih.mutable_data_ptr<scalar_t>(), db_hh.mutable_data_ptr<scalar_t>(),
-                       scratch.mutable_data_ptr<scalar_t>());
+                       ws.const_data_ptr<scalar_t>(), scratch.dout.mutable_data_ptr<scalar_t>(),
+                       dh.mutable_data_ptr<scalar_t>(),
+                       data_if<scalar_t>(need_grad_input, dx),
+                       data_if<scalar_t>(need_grad_weights, dw_ih),
+                       data_if<scalar_t>(need_grad_weights, dw_hh),
+                       data_if<scalar_t>(need_grad_weights, db_ih),
+                       data_if<scalar_t>(need_grad_weights, db_hh),
+                       scratch.rest.mutable_data_ptr<scalar_t>());
   });
   return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db_ih, db_hh};
 }

@@ -121,6 +121,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const
   gather_last(st, out, P, hn);
 }
 
+// dx, or dw_ih with dw_hh, db and dw_hr, null: that gradient is not wanted and not computed.
 template <typename T, bool kProj>
 void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
               const T* w_hh, const T* w_hr, const T* h0, const T* c0, const T* out,
@@ -159,10 +160,12 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
     grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
   }
-  input_grad(S, GH, C, dg, w_ih, panels, dx);
-  weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {hprev, P, dw_hh}}, panels);
-  if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
-  column_sums(dg, S, GH, GH, db);
+  if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
+  if (dw_ih) {
+    weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {hprev, P, dw_hh}}, panels);
+    if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
+    column_sums(dg, S, GH, GH, db);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
@@ -195,10 +198,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
   at::Tensor ws = need_workspace ? empty_large({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = empty_large({input_projection_scratch(st, G, H, C) +
-                                  nblk * (P + N) * G * kUnitBlock + N * P +
-                                  (proj ? N * H + H * P : 0)},
-                                 input.options());
+  at::Tensor scratch = thread_scratch(input_projection_scratch(st, G, H, C) +
+                                          nblk * (P + N) * G * kUnitBlock + N * P +
+                                          (proj ? N * H + H * P : 0),
+                                      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd", [&] {
     using T = scalar_t;
     auto run = need_workspace ? (proj ? forward<T, true, true> : forward<T, true, false>)
@@ -220,7 +223,8 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const at::Tensor& c0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
                const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                const std::optional<at::Tensor>& w_hr_, const at::Tensor& output_,
-               const at::Tensor& c_n, const at::Tensor& workspace, bool reverse) {
+               const at::Tensor& c_n, const at::Tensor& workspace, bool reverse,
+               bool need_grad_input, bool need_grad_weights) {
   const bool proj = w_hr_.has_value() && w_hr_->defined();
   const int64_t H = w_hh_.size(0) / G, P = w_hh_.size(1);
   check_layer("lstm_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, P);
@@ -239,29 +243,28 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
-  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
-  dout.copy_(grad_output);  // accumulates dL/dh_t in place
   at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
   at::Tensor dc = grad_c_n.contiguous().clone();  // ends as grad_c0
-  at::Tensor dx = empty_large(input.sizes(), input.options());
-  at::Tensor dw_ih = at::empty({GH, C}, input.options());
-  at::Tensor dw_hh = at::empty({GH, P}, input.options());
-  at::Tensor db = at::empty({GH}, input.options());
-  at::Tensor dw_hr = proj ? at::empty({P, H}, input.options()) : at::empty({0}, input.options());
-  at::Tensor scratch =
-      empty_large({S * (GH + P + H) + (proj ? S * H + N * H : 0) +
-                 backward_pack_scratch(input, S, GH, C, P)},
-                input.options());
+  at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
+  at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
+  at::Tensor dw_hh = grad_result(need_grad_weights, {GH, P}, input.options());
+  at::Tensor db = grad_result(need_grad_weights, {GH}, input.options());
+  at::Tensor dw_hr = grad_result(need_grad_weights && proj, {P, H}, input.options());
+  const BackwardScratch scratch = backward_scratch(
+      grad_output,
+      S * (GH + P + H) + (proj ? S * H + N * H : 0) + backward_pack_scratch(input, S, GH, C, P),
+      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
     using T = scalar_t;
     auto run = proj ? backward<T, true> : backward<T, false>;
     run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
         w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,
         h0.const_data_ptr<T>(), c0.const_data_ptr<T>(), output.const_data_ptr<T>(),
-        ws.const_data_ptr<T>(), dout.mutable_data_ptr<T>(), dh.mutable_data_ptr<T>(),
-        dc.mutable_data_ptr<T>(), dx.mutable_data_ptr<T>(), dw_ih.mutable_data_ptr<T>(),
-        dw_hh.mutable_data_ptr<T>(), db.mutable_data_ptr<T>(),
-        proj ? dw_hr.mutable_data_ptr<T>() : nullptr, scratch.mutable_data_ptr<T>());
+        ws.const_data_ptr<T>(), scratch.dout.mutable_data_ptr<T>(), dh.mutable_data_ptr<T>(),
+        dc.mutable_data_ptr<T>(), data_if<T>(need_grad_input, dx),
+        data_if<T>(need_grad_weights, dw_ih), data_if<T>(need_grad_weights, dw_hh),
+        data_if<T>(need_grad_weights, db), data_if<T>(need_grad_weights && proj, dw_hr),
+        scratch.rest.mutable_data_ptr<T>());
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
   return {dx, dh.view(h0_.sizes()), dc.view(c0_.sizes()), dw_ih, dw_hh, db, db.clone(),

@@ -30,13 +30,10 @@
 #include <optional>
 #include <type_traits>
 
+#include "buffers.h"
 #include "cell_math.h"
 #include "packed_gemm.h"
 #include "row_loop.h"
-
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace fastrnn {
 namespace cpu {
@@ -59,22 +56,6 @@ constexpr int64_t kPackedColTile = 256;
 constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
 
 inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// at::empty for the large buffers of an op call (output, workspace, scratch). On Linux
-// their whole 2 MiB stretches are marked for transparent huge pages before first touch:
-// the allocator hands back fresh pages on every call at these sizes, and faulting in tens
-// of MiB 4 KiB at a time cost ~10% of an LSTM forward at H=512.
-inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  return t;
-}
 
 // Runs f(tile) for tile in [0, ntiles); work = multiply-adds per tile, used to keep small
 // steps on the calling thread.

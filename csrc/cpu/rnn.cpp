@@ -63,6 +63,7 @@ void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, c
   gather_last(st, out, H, hn);
 }
 
+// dx, or dw_ih with dw_hh and db, null: that gradient is not wanted and not computed.
 template <typename T, bool kRelu>
 void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
               const T* h0, const T* out, T* dout, T* dh, T* dx, T* dw_ih, T* dw_hh, T* db,
@@ -88,9 +89,11 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
     grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
   }
-  input_grad(S, H, C, dg, w_ih, panels, dx);
-  weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {hprev, H, dw_hh}}, panels);
-  column_sums(dg, S, H, H, db);
+  if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
+  if (dw_ih) {
+    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {hprev, H, dw_hh}}, panels);
+    column_sums(dg, S, H, H, db);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
@@ -108,8 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
-  at::Tensor scratch = empty_large(
-      {input_projection_scratch(st, 1, H, C) + nblk * (H + N) * kUnitBlock + N * H},
+  at::Tensor scratch = thread_scratch(
+      input_projection_scratch(st, 1, H, C) + nblk * (H + N) * kUnitBlock + N * H,
       input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
     auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
@@ -128,7 +131,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
               const at::Tensor& output_, const at::Tensor& workspace, bool relu,
-              bool reverse) {
+              bool reverse, bool need_grad_input, bool need_grad_weights) {
   const int64_t H = w_hh_.size(1);
   check_layer("rnn_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, 1, H, H);
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
@@ -139,24 +142,21 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
-  at::Tensor dout = empty_large(grad_output.sizes(), input.options());
-  dout.copy_(grad_output);  // accumulates dL/dh_t in place
   at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
-  at::Tensor dx = empty_large(input.sizes(), input.options());
-  at::Tensor dw_ih = at::empty({H, C}, input.options());
-  at::Tensor dw_hh = at::empty({H, H}, input.options());
-  at::Tensor db = at::empty({H}, input.options());
-  at::Tensor scratch = empty_large(
-      {st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H)},
-      input.options());
+  at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
+  at::Tensor dw_ih = grad_result(need_grad_weights, {H, C}, input.options());
+  at::Tensor dw_hh = grad_result(need_grad_weights, {H, H}, input.options());
+  at::Tensor db = grad_result(need_grad_weights, {H}, input.options());
+  const BackwardScratch scratch = backward_scratch(
+      grad_output, st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H), input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-        output.const_data_ptr<scalar_t>(), dout.mutable_data_ptr<scalar_t>(),
-        dh.mutable_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-        dw_ih.mutable_data_ptr<scalar_t>(), dw_hh.mutable_data_ptr<scalar_t>(),
-        db.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<scalar_t>());
+        output.const_data_ptr<scalar_t>(), scratch.dout.mutable_data_ptr<scalar_t>(),
+        dh.mutable_data_ptr<scalar_t>(), data_if<scalar_t>(need_grad_input, dx),
+        data_if<scalar_t>(need_grad_weights, dw_ih), data_if<scalar_t>(need_grad_weights, dw_hh),
+        data_if<scalar_t>(need_grad_weights, db), scratch.rest.mutable_data_ptr<scalar_t>());
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
   return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db, db.clone()};

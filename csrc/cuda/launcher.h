@@ -289,7 +289,8 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
                     const c10::optional<Tensor>& batch_sizes, const Tensor& h0_, const Tensor& c0_,
                     const Tensor& w_ih, const Tensor& w_hh_, const c10::optional<Tensor>& b_ih,
                     const c10::optional<Tensor>& b_hh, const Tensor& w_hr, const Tensor& output,
-                    const Tensor& workspace, bool reverse) {
+                    const Tensor& workspace, bool reverse, bool need_grad_input,
+                    bool need_grad_weights) {
   const Steps st = make_steps(input, batch_sizes);
   check_layer(op, Cell::G, input, st, h0_, c0_, w_ih, w_hh_, b_ih, b_hh, w_hr);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -401,23 +402,31 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
       r.grad_h0.copy_(dh);
       if (Cell::HAS_C) r.grad_c0.copy_(dc);
     });
-    // Weight gradients: GEMMs over all steps at once.
-    r.grad_input = at::mm(dgx, w_ih).view(input.sizes());
-    r.grad_w_ih = at::mm(dgx.t(), x2d);
-    r.grad_w_hh = at::mm(dgh.t(), hprev);
-    r.grad_b_ih = dgx.sum(0);
-    r.grad_b_hh = Cell::SPLIT_DGH ? dgh.sum(0) : r.grad_b_ih.clone();
-    if (proj) r.grad_w_hr = at::mm(dhtot.t(), m_all);
+    // Input and weight gradients, where asked for: GEMMs over all steps at once.
+    if (need_grad_input) r.grad_input = at::mm(dgx, w_ih).view(input.sizes());
+    if (need_grad_weights) {
+      r.grad_w_ih = at::mm(dgx.t(), x2d);
+      r.grad_w_hh = at::mm(dgh.t(), hprev);
+      r.grad_b_ih = dgx.sum(0);
+      r.grad_b_hh = Cell::SPLIT_DGH ? dgh.sum(0) : r.grad_b_ih.clone();
+      if (proj) r.grad_w_hr = at::mm(dhtot.t(), m_all);
+    }
   } else {
-    r.grad_input = at::zeros_like(input);
+    if (need_grad_input) r.grad_input = at::zeros_like(input);
     r.grad_h0.copy_(ghn);
     if (Cell::HAS_C) r.grad_c0.copy_(gcn);
-    r.grad_w_ih = at::zeros_like(w_ih);
-    r.grad_w_hh = at::zeros_like(w_hh);
-    r.grad_b_ih = at::zeros({G * H}, opts);
-    r.grad_b_hh = at::zeros({G * H}, opts);
-    if (proj) r.grad_w_hr = at::zeros_like(w_hr);
+    if (need_grad_weights) {
+      r.grad_w_ih = at::zeros_like(w_ih);
+      r.grad_w_hh = at::zeros_like(w_hh);
+      r.grad_b_ih = at::zeros({G * H}, opts);
+      r.grad_b_hh = at::zeros({G * H}, opts);
+      if (proj) r.grad_w_hr = at::zeros_like(w_hr);
+    }
   }
+  // What was not asked for (or, grad_w_hr, does not exist) comes back empty, as on the CPU.
+  for (Tensor* g : {&r.grad_input, &r.grad_w_ih, &r.grad_w_hh, &r.grad_b_ih, &r.grad_b_hh,
+                    &r.grad_w_hr})
+    if (!g->defined()) *g = at::empty({0}, opts);
   return r;
 }
 
