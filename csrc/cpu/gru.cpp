@@ -6,6 +6,7 @@
 // because the backward needs it and it sits inside the r product). h_{t-1} is not
 // stored: the backward rebuilds it from output and h0.
 #include "input_projection.h"
+#include "workspace_pool.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -160,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
-  at::Tensor ws = need_workspace ? empty_large({st.S, 4 * H}, input.options())
+  at::Tensor ws = need_workspace ? pooled_empty({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
   at::Tensor scratch = thread_scratch(
       input_projection_scratch(st, G, H, C) + nblk * (H + N) * G * kUnitBlock + N * H,

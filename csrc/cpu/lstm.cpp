@@ -6,6 +6,7 @@
 // row's step. h_{t-1}, c_{t-1} and the unprojected h' are rebuilt in the backward from
 // output, c0/h0 and the workspace rather than stored.
 #include "input_projection.h"
+#include "workspace_pool.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -196,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
                                               : empty_large({st.T, N, P}, input.options());
   at::Tensor h_n = at::empty({N, P}, input.options());
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
-  at::Tensor ws = need_workspace ? empty_large({st.S, 5 * H}, input.options())
+  at::Tensor ws = need_workspace ? pooled_empty({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
   at::Tensor scratch = thread_scratch(input_projection_scratch(st, G, H, C) +
                                           nblk * (P + N) * G * kUnitBlock + N * P +
