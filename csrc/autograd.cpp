@@ -100,15 +100,15 @@ variable_list once_differentiable(variable_list grads) {
       .apply(std::move(grads));
 }
 
+bool requires_grad(const Tensor& t) { return t.requires_grad(); }
 bool requires_grad(const OptTensor& t) { return t.has_value() && t->requires_grad(); }
 
-// Whether autograd must record this call.
+// Whether autograd must record this call: grad mode is on and some tensor argument
+// (optional ones included) requires grad. Under no_grad the parameters still require
+// grad, and a forward run for the graph would compute a workspace nothing reads.
 template <class... Ts>
 bool needs_graph(const Ts&... ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  bool any = false;
-  ((any = any || ts.requires_grad()), ...);
-  return any;
+  return at::GradMode::is_enabled() && (requires_grad(ts) || ...);
 }
 
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
@@ -260,7 +260,7 @@ std::tuple<Tensor, Tensor> rnn_layer_autograd(const Tensor& input, const OptTens
                                               const Tensor& h0, const Tensor& w_ih,
                                               const Tensor& w_hh, const OptTensor& b_ih,
                                               const OptTensor& b_hh, bool relu, bool reverse) {
-  if (!needs_graph(input, h0, w_ih, w_hh) && !requires_grad(b_ih) && !requires_grad(b_hh)) {
+  if (!needs_graph(input, h0, w_ih, w_hh, b_ih, b_hh)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return rnn_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   }
@@ -272,7 +272,7 @@ std::tuple<Tensor, Tensor> gru_layer_autograd(const Tensor& input, const OptTens
                                               const Tensor& h0, const Tensor& w_ih,
                                               const Tensor& w_hh, const OptTensor& b_ih,
                                               const OptTensor& b_hh, bool reverse) {
-  if (!needs_graph(input, h0, w_ih, w_hh) && !requires_grad(b_ih) && !requires_grad(b_hh)) {
+  if (!needs_graph(input, h0, w_ih, w_hh, b_ih, b_hh)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return gru_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse);
   }
@@ -284,8 +284,7 @@ Tensor3 lstm_layer_autograd(const Tensor& input, const OptTensor& batch_sizes, c
                             const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                             bool reverse) {
-  if (!needs_graph(input, h0, c0, w_ih, w_hh) && !requires_grad(b_ih) &&
-      !requires_grad(b_hh) && !requires_grad(w_hr)) {
+  if (!needs_graph(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return lstm_layer_plain(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   }

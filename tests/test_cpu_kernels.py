@@ -169,17 +169,34 @@ def test_gradcheck(mode, packed, reverse):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-class BackwardKernelMasks(TorchDispatchMode):
-    """Records (need_grad_input, need_grad_weights) of every *_layer_bwd call."""
+class KernelFlags(TorchDispatchMode):
+    """Records the flags the kernels are asked for: need_workspace of every *_layer_fwd
+    call, (need_grad_input, need_grad_weights) of every *_layer_bwd call."""
 
     def __init__(self):
         super().__init__()
-        self.masks = []
+        self.workspaces, self.masks = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name().endswith("_layer_fwd"):
+            self.workspaces.append(args[-1])
         if func.name().endswith("_layer_bwd"):
             self.masks.append(tuple(args[-2:]))
         return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_workspace_only_for_a_graph(mode):
+    """Under no_grad the forward kernel is asked for no workspace, although the weights
+    (biases and w_hr included) require grad; with grad mode on, for one."""
+    case = make_case(mode, 3, 2, 3, 5, torch.float32, False, False, True, 1)
+    for name in WEIGHT_NAMES:
+        if case[name] is not None:
+            case[name].requires_grad_(True)
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode), KernelFlags() as recorded:
+            fastrnn_layer(case)
+        assert recorded.workspaces == [grad_mode]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,7 +222,7 @@ def test_backward_computes_only_wanted_gradients(mode, packed, requiring, asked,
     asked = [n for n in asked if n in requiring and case[n] is not None]
     _, full = run_with_grads(fastrnn_layer, case, 17)
     full = dict(zip(present, full))
-    with BackwardKernelMasks() as recorded:
+    with KernelFlags() as recorded:
         _, grads = run_with_grads(fastrnn_layer, case, 17, requiring, asked)
     assert recorded.masks == [mask]
     for name, grad in zip(asked, grads):

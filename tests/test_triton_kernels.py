@@ -157,13 +157,28 @@ def test_half_precision_no_worse_than_torch(mode, dtype):
 
 
 @needs_triton
-def test_no_grad_forward_skips_workspace():
-    args, _ = make_case("GRU", T=3, N=2, C=2, H=4, dtype=torch.float64)
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_no_grad_forward_skips_workspace(mode, monkeypatch):
+    """Under no_grad the forward kernel is asked for no workspace, although the weights
+    require grad (an autograd.Function would still see their requires_grad)."""
+    from fastrnn.triton import gru, lstm
+    module, name = (gru, "gru_fwd") if mode == "GRU" else (lstm, "lstm_fwd")
+    forward, asked = getattr(module, name), []
+
+    def recording(*args, need_workspace):
+        asked.append(need_workspace)
+        return forward(*args, need_workspace=need_workspace)
+
+    monkeypatch.setattr(module, name, recording)
+    args, _ = make_case(mode, T=3, N=2, C=2, H=4, dtype=torch.float64)
+    count = 3 if mode == "LSTM" else 2
     with torch.no_grad():
-        out, h_n, c_n = triton_backend.layer("GRU", *args, False)
-        expected = reference.layer("GRU", *args, False)
-    assert not out.requires_grad and c_n is None
-    assert_close([out, h_n], expected[:2], 1e-10, ["output", "h_n"])
+        out = triton_backend.layer(mode, *args, False)
+        expected = reference.layer(mode, *args, False)
+    assert not out[0].requires_grad and asked == [False]
+    assert_close(out[:count], expected[:count], 1e-10, ["output", "h_n", "c_n"])
+    triton_backend.layer(mode, *args, False)
+    assert asked == [False, True]
 
 
 @needs_triton

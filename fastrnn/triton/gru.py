@@ -188,4 +188,8 @@ class _GRUFunction(torch.autograd.Function):
 
 def gru_layer(x, steps, h0, w_ih, w_hh, b_ih, b_hh):
     """x [S,C] rows (see _common.Steps) -> (out [S,H], h_n [N,H])."""
+    if not torch.is_grad_enabled():
+        # No graph to record. _GRUFunction would still see the parameters' requires_grad
+        # and compute the workspace only a backward reads.
+        return gru_fwd(x, steps, h0, w_ih, w_hh, b_ih, b_hh, need_workspace=False)[:2]
     return _GRUFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, steps)

@@ -238,4 +238,9 @@ class _LSTMFunction(torch.autograd.Function):
 
 def lstm_layer(x, steps, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
     """x [S,C] rows (see _common.Steps) -> (out [S,P], h_n [N,P], c_n [N,H])."""
+    if not torch.is_grad_enabled():
+        # No graph to record. _LSTMFunction would still see the parameters' requires_grad
+        # and compute the workspace only a backward reads.
+        return lstm_fwd(x, steps, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                        need_workspace=False)[:3]
     return _LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps)
