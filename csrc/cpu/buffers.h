@@ -39,7 +39,7 @@ inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& op
 //
 // Why keep it: fresh memory costs far more than its zeroing on a VM, whose hypervisor
 // faults every page in again after the guest handed it back. On the 2-core measurement
-// VM an LSTM backward at H=512 (~140 MiB of scratch) took ~730-790 ms per call after
+// VM an LSTM backward at H=512 (~150 MiB of scratch) took ~730-790 ms per call after
 // torch.nn had run in the same process, against ~410-420 ms with memory kept.
 //
 // Like at::empty, the buffer comes NaN-filled under torch.use_deterministic_algorithms
