@@ -305,10 +305,13 @@ def nan_filled_empty():
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
 @pytest.mark.parametrize("mode,size,packed,reverse,bias", cases(SIZES[:2] + SIZES[3:4]))
 def test_no_unwritten_memory(nan_filled_empty, mode, size, packed, reverse, bias, dtype):
-    case = make_case(mode, *size, dtype, packed, reverse, bias, 13)
+    assert_every_result_written(make_case(mode, *size, dtype, packed, reverse, bias, 13))
+
+
+def assert_every_result_written(case):
+    """No NaN in any result of the kernel calls of `case` (run under nan_filled_empty)."""
     for op, args in kernel_calls(case):
-        results = op(*args)
-        for i, r in enumerate(results):
+        for i, r in enumerate(op(*args)):
             assert not r.isnan().any(), f"{op.name()} result {i} has NaN"
 
 
@@ -319,9 +322,7 @@ def test_no_unwritten_memory_in_pooled_workspaces(nan_filled_empty, mode):
     round here would hide a workspace row the kernel forgot to write."""
     case = make_case(mode, 8, 70, 5, 130, torch.float32, True, True, True, 13)
     for _ in range(2):
-        for op, args in kernel_calls(case):
-            for i, r in enumerate(op(*args)):
-                assert not r.isnan().any(), f"{op.name()} result {i} has NaN"
+        assert_every_result_written(case)
 
 
 WORKSPACE_REUSE_CHILD = """

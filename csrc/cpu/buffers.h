@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 
@@ -16,19 +17,35 @@
 namespace fastrnn {
 namespace cpu {
 
-// at::empty for the large buffers of an op call (output, workspace, scratch). On Linux
-// their whole 2 MiB stretches are marked for transparent huge pages before first touch:
-// the allocator hands back fresh pages on every call at these sizes, and faulting in tens
-// of MiB 4 KiB at a time cost ~10% of an LSTM forward at H=512.
-inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
+constexpr size_t kHugePage = size_t(2) << 20;
+
+// Marks the whole 2 MiB stretches of [data, data + bytes) for transparent huge pages
+// (Linux; a no-op elsewhere), before first touch: faulting in tens of MiB 4 KiB at a time
+// cost ~10% of an LSTM forward at H=512.
+inline void advise_huge_pages(void* data, size_t bytes) {
 #ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + bytes) & ~(kHugePage - 1);
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif
+}
+
+// NaN-fills reused memory wherever ATen NaN-fills a new at::empty buffer
+// (torch.use_deterministic_algorithms with torch.utils.deterministic.
+// fill_uninitialized_memory), so tests still catch reads of memory no one wrote: stale
+// values from a previous call would hide them.
+inline void fill_like_new_memory(const at::Tensor& t) {
+  const auto& ctx = at::globalContext();
+  if (ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory())
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+// at::empty for the large buffers of an op call (output, workspace, scratch), marked for
+// huge pages: the allocator hands back fresh pages on every call at these sizes.
+inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  advise_huge_pages(t.data_ptr(), t.nbytes());
   return t;
 }
 
@@ -41,10 +58,7 @@ inline at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& op
 // faults every page in again after the guest handed it back. On the 2-core measurement
 // VM an LSTM backward at H=512 (~150 MiB of scratch) took ~730-790 ms per call after
 // torch.nn had run in the same process, against ~410-420 ms with memory kept.
-//
-// Like at::empty, the buffer comes NaN-filled under torch.use_deterministic_algorithms
-// with torch.utils.deterministic.fill_uninitialized_memory, so tests still catch reads
-// of scratch that no one wrote (stale values from a previous call would hide them).
+// NaN-filled like new memory under deterministic fill (fill_like_new_memory).
 inline at::Tensor thread_scratch(int64_t numel, const at::TensorOptions& options) {
   thread_local at::Tensor kept;  // bytes
   const int64_t bytes = numel * static_cast<int64_t>(options.dtype().itemsize());
@@ -53,9 +67,7 @@ inline at::Tensor thread_scratch(int64_t numel, const at::TensorOptions& options
     kept = empty_large({bytes}, options.dtype(at::kByte));
   }
   at::Tensor scratch = kept.narrow(0, 0, bytes).view(options.dtype().toScalarType());
-  const auto& ctx = at::globalContext();
-  if (ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory())
-    scratch.fill_(std::numeric_limits<double>::quiet_NaN());
+  fill_like_new_memory(scratch);
   return scratch;
 }
 

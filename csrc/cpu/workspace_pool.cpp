@@ -1,27 +1,19 @@
 #include "workspace_pool.h"
 
-#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <c10/util/accumulate.h>
 
-#include <algorithm>
 #include <cstdlib>
-#include <limits>
 #include <mutex>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
+#include "buffers.h"
 
 namespace fastrnn {
 namespace cpu {
 namespace {
-
-// Blocks are whole 2 MiB stretches, marked for transparent huge pages (see empty_large).
-constexpr size_t kBlockAlign = size_t(2) << 20;
 
 struct Block {
   void* data;
@@ -44,13 +36,12 @@ class Pool {
       for (const Block& b : free_) std::free(b.data);
       free_.clear();
     }
-    const size_t rounded = (bytes + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
-    void* data = std::aligned_alloc(kBlockAlign, rounded);
+    // Whole 2 MiB stretches, marked for transparent huge pages.
+    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* data = std::aligned_alloc(kHugePage, rounded);
     TORCH_CHECK_WITH(OutOfMemoryError, data != nullptr, "fastrnn: cannot allocate a ",
                      rounded, "-byte workspace");
-#ifdef __linux__
-    madvise(data, rounded, MADV_HUGEPAGE);
-#endif
+    advise_huge_pages(data, rounded);
     return {data, rounded};
   }
 
@@ -75,13 +66,11 @@ Pool& pool() {
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
   // Small ones (the sine-wave shape's are kilobytes) come from the heap's reused chunks.
-  if (bytes < kBlockAlign / 2) return at::empty(sizes, options);
+  if (bytes < kHugePage / 2) return at::empty(sizes, options);
   const Block block = pool().take(bytes);
   at::Tensor t = at::from_blob(
       block.data, sizes, [block](void*) { pool().give_back(block); }, options);
-  const auto& ctx = at::globalContext();
-  if (ctx.deterministicAlgorithms() && ctx.deterministicFillUninitializedMemory())
-    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  fill_like_new_memory(t);
   return t;
 }
 
