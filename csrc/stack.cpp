@@ -87,15 +87,14 @@ std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
   }
 }
 
-// The given initial state, checked to be [L*D, N, width] like the input, or zeros of that
-// shape for padded input [T,N,C] when absent.
-Tensor state_or_zeros(const OptTensor& state, int64_t states, const Tensor& time_major,
+// The given initial states, checked to be [L*D, N, width] like the input; an undefined
+// tensor when absent (zeros, which padded input [T,N,C] only allows).
+Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& time_major,
                       int64_t width, const char* name) {
   if (!state.has_value()) {
     TORCH_CHECK(time_major.dim() == 3, "fastrnn::layer_stack: ", name,
                 " is required for packed input");
-    // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
-    return at::zeros_symint({states, time_major.sym_size(1), width}, time_major.options());
+    return Tensor();
   }
   TORCH_CHECK(state->dim() == 3 && state->sym_size(0) == states &&
                   state->sym_size(2) == width,
@@ -107,6 +106,16 @@ Tensor state_or_zeros(const OptTensor& state, int64_t states, const Tensor& time
               time_major.scalar_type(), " on ", time_major.device(), "), got ",
               state->scalar_type(), " on ", state->device());
   return *state;
+}
+
+// Layer-direction `index`'s initial state: its row of `states` (from checked_states), or
+// zeros [N, width] made for it alone, since selecting a row of a [L*D, N, width] zeros
+// tensor costs as much again at the sine-wave shape.
+Tensor initial_state(const Tensor& states, int64_t index, const Tensor& time_major,
+                     int64_t width) {
+  if (states.defined()) return states[index];
+  // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
+  return at::zeros_symint({time_major.sym_size(1), width}, time_major.options());
 }
 
 // Input [T,N,C] (or [N,T,C]) padded, [S,C] packed; every weight of its dtype and device.
@@ -141,8 +150,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
   TORCH_CHECK_VALUE(is_lstm || !c0_.has_value(), "fastrnn::layer_stack: c0 is for LSTM only");
   const Tensor time_major = batch_first && !packed ? input.transpose(0, 1) : input;
   const int64_t hidden = weights[1].size(0) / (is_lstm ? 4 : cell == Cell::kGru ? 3 : 1);
-  const Tensor h0 = state_or_zeros(h0_, states, time_major, weights[1].size(1), "h0");
-  const Tensor c0 = is_lstm ? state_or_zeros(c0_, states, time_major, hidden, "c0") : Tensor();
+  const int64_t state_width = weights[1].size(1);
+  const Tensor h0 = checked_states(h0_, states, time_major, state_width, "h0");
+  const Tensor c0 = is_lstm ? checked_states(c0_, states, time_major, hidden, "c0") : Tensor();
 
   std::vector<Tensor> h_n, c_n;
   h_n.reserve(states);
@@ -153,7 +163,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
     for (int64_t direction = 0; direction < directions; ++direction) {
       const int64_t index = layer * directions + direction;
       auto [output, h, c] =
-          run_layer(cell, layer_input, batch_sizes, h0[index], is_lstm ? c0[index] : Tensor(),
+          run_layer(cell, layer_input, batch_sizes,
+                    initial_state(h0, index, time_major, state_width),
+                    is_lstm ? initial_state(c0, index, time_major, hidden) : Tensor(),
                     weights.slice(index * stride, stride), has_bias, has_proj, direction == 1);
       outputs[direction] = output;
       h_n.push_back(h);

@@ -163,16 +163,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   at::Tensor h_n = at::empty({N, H}, input.options());
   at::Tensor ws = need_workspace ? pooled_empty({st.S, 4 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = thread_scratch(
-      input_projection_scratch(st, G, H, C) + nblk * (H + N) * G * kUnitBlock + N * H,
-      input.options());
+  const int64_t scratch_numel =
+      input_projection_scratch(st, G, H, C) + nblk * (H + N) * G * kUnitBlock + N * H;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {
     auto run = need_workspace ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), bih.const_data_ptr<scalar_t>(),
         bhh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
         output.mutable_data_ptr<scalar_t>(), h_n.mutable_data_ptr<scalar_t>(),
-        ws.mutable_data_ptr<scalar_t>(), scratch.mutable_data_ptr<scalar_t>());
+        ws.mutable_data_ptr<scalar_t>(), thread_scratch<scalar_t>(scratch_numel));
   });
   return {output, h_n, ws};
 }
@@ -204,21 +203,20 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, H}, input.options());
   at::Tensor db_ih = grad_result(need_grad_weights, {GH}, input.options());
   at::Tensor db_hh = grad_result(need_grad_weights, {GH}, input.options());
-  const BackwardScratch scratch = backward_scratch(
-      grad_output, st.S * (2 * GH + H) + backward_pack_scratch(input, st.S, GH, C, H),
-      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
+    const auto scratch = backward_scratch<scalar_t>(
+        grad_output, st.S * (2 * GH + H) + backward_pack_scratch(input, st.S, GH, C, H));
     backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
-                       ws.const_data_ptr<scalar_t>(), scratch.dout.mutable_data_ptr<scalar_t>(),
+                       ws.const_data_ptr<scalar_t>(), scratch.dout,
                        dh.mutable_data_ptr<scalar_t>(),
                        data_if<scalar_t>(need_grad_input, dx),
                        data_if<scalar_t>(need_grad_weights, dw_ih),
                        data_if<scalar_t>(need_grad_weights, dw_hh),
                        data_if<scalar_t>(need_grad_weights, db_ih),
                        data_if<scalar_t>(need_grad_weights, db_hh),
-                       scratch.rest.mutable_data_ptr<scalar_t>());
+                       scratch.rest);
   });
   return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db_ih, db_hh};
 }

@@ -199,10 +199,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
   at::Tensor ws = need_workspace ? pooled_empty({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
-  at::Tensor scratch = thread_scratch(input_projection_scratch(st, G, H, C) +
-                                          nblk * (P + N) * G * kUnitBlock + N * P +
-                                          (proj ? N * H + H * P : 0),
-                                      input.options());
+  const int64_t scratch_numel = input_projection_scratch(st, G, H, C) +
+                                nblk * (P + N) * G * kUnitBlock + N * P +
+                                (proj ? N * H + H * P : 0);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd", [&] {
     using T = scalar_t;
     auto run = need_workspace ? (proj ? forward<T, true, true> : forward<T, true, false>)
@@ -211,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
         w_hh.const_data_ptr<T>(), bih.const_data_ptr<T>(), bhh.const_data_ptr<T>(),
         proj ? w_hr.const_data_ptr<T>() : nullptr, h0.const_data_ptr<T>(),
         output.mutable_data_ptr<T>(), h_n.mutable_data_ptr<T>(), c_n.mutable_data_ptr<T>(),
-        ws.mutable_data_ptr<T>(), scratch.mutable_data_ptr<T>());
+        ws.mutable_data_ptr<T>(), thread_scratch<T>(scratch_numel));
   });
   return {output, h_n, c_n, ws};
 }
@@ -251,21 +250,20 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, P}, input.options());
   at::Tensor db = grad_result(need_grad_weights, {GH}, input.options());
   at::Tensor dw_hr = grad_result(need_grad_weights && proj, {P, H}, input.options());
-  const BackwardScratch scratch = backward_scratch(
-      grad_output,
-      S * (GH + P + H) + (proj ? S * H + N * H : 0) + backward_pack_scratch(input, S, GH, C, P),
-      input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
     using T = scalar_t;
+    const auto scratch = backward_scratch<T>(
+        grad_output, S * (GH + P + H) + (proj ? S * H + N * H : 0) +
+                         backward_pack_scratch(input, S, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;
     run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
         w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,
         h0.const_data_ptr<T>(), c0.const_data_ptr<T>(), output.const_data_ptr<T>(),
-        ws.const_data_ptr<T>(), scratch.dout.mutable_data_ptr<T>(), dh.mutable_data_ptr<T>(),
+        ws.const_data_ptr<T>(), scratch.dout, dh.mutable_data_ptr<T>(),
         dc.mutable_data_ptr<T>(), data_if<T>(need_grad_input, dx),
         data_if<T>(need_grad_weights, dw_ih), data_if<T>(need_grad_weights, dw_hh),
         data_if<T>(need_grad_weights, db), data_if<T>(need_grad_weights && proj, dw_hr),
-        scratch.rest.mutable_data_ptr<T>());
+        scratch.rest);
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
   return {dx, dh.view(h0_.sizes()), dc.view(c0_.sizes()), dw_ih, dw_hh, db, db.clone(),

@@ -111,16 +111,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
-  at::Tensor scratch = thread_scratch(
-      input_projection_scratch(st, 1, H, C) + nblk * (H + N) * kUnitBlock + N * H,
-      input.options());
+  const int64_t scratch_numel =
+      input_projection_scratch(st, 1, H, C) + nblk * (H + N) * kUnitBlock + N * H;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_fwd", [&] {
     auto run = relu ? forward<scalar_t, true> : forward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), bih.const_data_ptr<scalar_t>(),
         bhh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
         output.mutable_data_ptr<scalar_t>(), h_n.mutable_data_ptr<scalar_t>(),
-        scratch.mutable_data_ptr<scalar_t>());
+        thread_scratch<scalar_t>(scratch_numel));
   });
   return {output, h_n, at::empty({0}, input.options())};
 }
@@ -147,16 +146,16 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor dw_ih = grad_result(need_grad_weights, {H, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {H, H}, input.options());
   at::Tensor db = grad_result(need_grad_weights, {H}, input.options());
-  const BackwardScratch scratch = backward_scratch(
-      grad_output, st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H), input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
+    const auto scratch = backward_scratch<scalar_t>(
+        grad_output, st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H));
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-        output.const_data_ptr<scalar_t>(), scratch.dout.mutable_data_ptr<scalar_t>(),
+        output.const_data_ptr<scalar_t>(), scratch.dout,
         dh.mutable_data_ptr<scalar_t>(), data_if<scalar_t>(need_grad_input, dx),
         data_if<scalar_t>(need_grad_weights, dw_ih), data_if<scalar_t>(need_grad_weights, dw_hh),
-        data_if<scalar_t>(need_grad_weights, db), scratch.rest.mutable_data_ptr<scalar_t>());
+        data_if<scalar_t>(need_grad_weights, db), scratch.rest);
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
   return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db, db.clone()};
