@@ -73,11 +73,3 @@ TORCH_LIBRARY(fastrnn, m) {
         "bool has_bias, bool has_proj, float dropout, bool train) "
         "-> (Tensor output, Tensor h_n, Tensor c_n)");
 }
-
-// `import fastrnn._C` loads this library, which runs the registrations above and in
-// every other translation unit linked into it; the module itself exports nothing.
-#include <Python.h>
-
-static PyModuleDef fastrnn_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastrnn_module); }

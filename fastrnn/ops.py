@@ -3,7 +3,7 @@
 Loads the compiled library (fastrnn._C), registers a fake (meta) implementation for every
 op so torch.compile and torch.export can trace them, and exposes `layer`, the backend
 function of the compiled 'cpu' and 'cuda' backends (signature: fastrnn/reference.py), and
-`layer_stack`, their whole-stack op.
+`layer_stack`, their whole-stack op (with a cheaper entry for eager calls).
 """
 import importlib
 import warnings
@@ -11,7 +11,7 @@ import warnings
 import torch
 
 try:
-    importlib.import_module("fastrnn._C")  # loading the library registers the ops
+    _C = importlib.import_module("fastrnn._C")  # loading the library registers the ops
 except ImportError as error:
     LOAD_ERROR = f"fastrnn._C could not be imported ({error})"
     warnings.warn(
@@ -116,9 +116,25 @@ if LOAD_ERROR is None:
     _rnn_layer = torch.ops.fastrnn.rnn_layer.default
     _gru_layer = torch.ops.fastrnn.gru_layer.default
     _lstm_layer = torch.ops.fastrnn.lstm_layer.default
-    # The whole layer stack in one call (csrc/stack.cpp); fastrnn/stack.py uses it for
-    # the backends whose layer is `layer` below.
-    layer_stack = torch.ops.fastrnn.layer_stack.default
+    _layer_stack = torch.ops.fastrnn.layer_stack.default
+
+
+def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
+                batch_first, has_bias, has_proj, dropout, train):
+    """The whole layer stack in one op call (csrc/stack.cpp); fastrnn/stack.py uses it for
+    the backends whose layer is `layer` below. weights: a list of Tensors.
+
+    Eager calls take fastrnn._C.layer_stack, the same op through its typed dispatcher
+    handle, which skips torch.ops' boxing of 13 arguments (~3 of ~11 us at the sine-wave
+    shape, see csrc/python_entry.cpp). Dynamo traces only torch.ops, and only torch.ops
+    honours __torch_function__ (tensor subclasses, torch function modes such as
+    torch.export's), so those calls keep it."""
+    args = (mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
+            batch_first, has_bias, has_proj, dropout, train)
+    if torch.compiler.is_compiling() or torch._C._has_torch_function(
+            (input, batch_sizes, h0, c0, *weights)):
+        return _layer_stack(*args)
+    return _C.layer_stack(*args)
 
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
