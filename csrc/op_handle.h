@@ -3,6 +3,9 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
+#include <tuple>
+
 namespace fastrnn {
 
 // The typed handle of op `name` (overload ""), looked up once per call site: callers keep
@@ -12,6 +15,35 @@ template <class Sig>
 const c10::TypedOperatorHandle<Sig>& op_handle(const char* name) {
   return *new c10::TypedOperatorHandle<Sig>(
       c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>());
+}
+
+// The public ops (schemas in csrc/fastrnn.cpp), for the stack (csrc/stack.cpp) and the
+// Python entry (csrc/python_entry.cpp).
+using OptTensor = std::optional<at::Tensor>;
+using RnnLayerSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+    const OptTensor& b_hh, bool relu, bool reverse);
+using GruLayerSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
+    const OptTensor& b_hh, bool reverse);
+using LstmLayerSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse);
+
+inline const auto& rnn_layer_op() {
+  static const auto& op = op_handle<RnnLayerSig>("fastrnn::rnn_layer");
+  return op;
+}
+inline const auto& gru_layer_op() {
+  static const auto& op = op_handle<GruLayerSig>("fastrnn::gru_layer");
+  return op;
+}
+inline const auto& lstm_layer_op() {
+  static const auto& op = op_handle<LstmLayerSig>("fastrnn::lstm_layer");
+  return op;
 }
 
 }  // namespace fastrnn

@@ -1,15 +1,17 @@
 // fastrnn._C, the Python module: importing it loads this library, which runs every
 // TORCH_LIBRARY registration linked into it (csrc/fastrnn.cpp and the kernels).
 //
-// It exports one function, layer_stack: the same call as torch.ops.fastrnn.layer_stack,
-// made through the op's typed dispatcher handle. torch.ops converts every argument to a
-// boxed IValue and back, which at the sine-wave shape is ~3 us of an ~11 us call; the typed
-// call goes through the same dispatcher (autograd, autocast, profiler, dispatch modes and
-// fake tensors all see the op), so only the Python-side conversion is saved. What it does
-// not do is torch.ops' own __torch_function__ handling and Dynamo tracing: fastrnn/ops.py
-// calls it only outside torch.compile and when no argument or mode overrides torch
-// functions.
+// It exports the public ops (rnn_layer, gru_layer, lstm_layer, layer_stack) as plain
+// functions that call them through their typed dispatcher handles. torch.ops converts every
+// argument to a boxed IValue and back, which at the sine-wave shape is ~3 us of an ~11 us
+// layer_stack call; the typed call goes through the same dispatcher (autograd, autocast,
+// profiler, dispatch modes and fake tensors all see the op), so only the Python-side
+// conversion is saved. What these functions do not do is torch.ops' __torch_function__
+// handling and Dynamo tracing: fastrnn/ops.py calls them only outside torch.compile and
+// when no argument or mode overrides torch functions.
 #include <torch/extension.h>
+
+#include <type_traits>
 
 #include "op_handle.h"
 
@@ -17,11 +19,21 @@ namespace fastrnn {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
 using LayerStackSig = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
     at::TensorList, int64_t, bool, bool, bool, bool, double, bool);
 
+// The Python arguments arrive as owned values (pybind11 casts to these types), which the
+// handle's const-reference parameters then borrow for the call. torch.ops releases the GIL
+// for an op call too.
+template <class Return, class... Args>
+void def_layer_op(pybind11::module_& m, const char* name,
+                  const c10::TypedOperatorHandle<Return(Args...)>& op) {
+  m.def(name, [&op](std::decay_t<Args>... args) { return op.call(args...); },
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+}
+
+// layer_stack's string and tensor-list parameters are views, so it needs owning types.
 std::tuple<Tensor, Tensor, Tensor> layer_stack(
     const std::string& mode, const Tensor& input, const OptTensor& batch_sizes,
     const OptTensor& h0, const OptTensor& c0, const std::vector<Tensor>& weights,
@@ -36,7 +48,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
 }  // namespace fastrnn
 
 PYBIND11_MODULE(_C, m) {
-  // torch.ops releases the GIL for an op call too.
+  fastrnn::def_layer_op(m, "rnn_layer", fastrnn::rnn_layer_op());
+  fastrnn::def_layer_op(m, "gru_layer", fastrnn::gru_layer_op());
+  fastrnn::def_layer_op(m, "lstm_layer", fastrnn::lstm_layer_op());
   m.def("layer_stack", &fastrnn::layer_stack,
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

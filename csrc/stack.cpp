@@ -26,7 +26,6 @@ namespace fastrnn {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
 
 enum class Cell { kRnnTanh, kRnnRelu, kGru, kLstm };
 
@@ -39,28 +38,6 @@ Cell parse_mode(std::string_view mode) {
                     "'; expected RNN_TANH, RNN_RELU, GRU or LSTM");
 }
 
-const auto& rnn_layer() {
-  static const auto& op =
-      op_handle<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, const OptTensor&,
-                                           const OptTensor&, bool, bool)>("fastrnn::rnn_layer");
-  return op;
-}
-const auto& gru_layer() {
-  static const auto& op =
-      op_handle<std::tuple<Tensor, Tensor>(const Tensor&, const OptTensor&, const Tensor&,
-                                           const Tensor&, const Tensor&, const OptTensor&,
-                                           const OptTensor&, bool)>("fastrnn::gru_layer");
-  return op;
-}
-const auto& lstm_layer() {
-  static const auto& op = op_handle<std::tuple<Tensor, Tensor, Tensor>(
-      const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-      const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool)>(
-      "fastrnn::lstm_layer");
-  return op;
-}
-
 // One layer-direction: (output, h_n, c_n or undefined).
 std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
                                              const OptTensor& batch_sizes, const Tensor& h0,
@@ -70,17 +47,17 @@ std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
   const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
   switch (cell) {
     case Cell::kGru: {
-      auto [output, h_n] = gru_layer().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
+      auto [output, h_n] = gru_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
                                             reverse);
       return {output, h_n, Tensor()};
     }
     case Cell::kLstm: {
       const OptTensor w_hr = has_proj ? OptTensor(w.back()) : std::nullopt;
-      return lstm_layer().call(input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
+      return lstm_layer_op().call(input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
                                reverse);
     }
     default: {
-      auto [output, h_n] = rnn_layer().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
+      auto [output, h_n] = rnn_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
                                             cell == Cell::kRnnRelu, reverse);
       return {output, h_n, Tensor()};
     }

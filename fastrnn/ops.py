@@ -3,7 +3,7 @@
 Loads the compiled library (fastrnn._C), registers a fake (meta) implementation for every
 op so torch.compile and torch.export can trace them, and exposes `layer`, the backend
 function of the compiled 'cpu' and 'cuda' backends (signature: fastrnn/reference.py), and
-`layer_stack`, their whole-stack op (with a cheaper entry for eager calls).
+`layer_stack`, their whole-stack op; eager calls reach both through fastrnn._C.
 """
 import importlib
 import warnings
@@ -113,37 +113,48 @@ def _register_fakes():
 
 if LOAD_ERROR is None:
     _register_fakes()
-    _rnn_layer = torch.ops.fastrnn.rnn_layer.default
-    _gru_layer = torch.ops.fastrnn.gru_layer.default
-    _lstm_layer = torch.ops.fastrnn.lstm_layer.default
-    _layer_stack = torch.ops.fastrnn.layer_stack.default
+
+
+class _BoxedOps:
+    """The public ops through torch.ops, under the names fastrnn._C gives them."""
+    if LOAD_ERROR is None:
+        rnn_layer = torch.ops.fastrnn.rnn_layer.default
+        gru_layer = torch.ops.fastrnn.gru_layer.default
+        lstm_layer = torch.ops.fastrnn.lstm_layer.default
+        layer_stack = torch.ops.fastrnn.layer_stack.default
+
+
+def _entry(tensors):
+    """Where to call the public ops with these tensor arguments from.
+
+    Eager calls take fastrnn._C: the same ops through their typed dispatcher handles,
+    which skips torch.ops' boxing of every argument (~3 of ~11 us of a layer_stack call
+    at the sine-wave shape; see csrc/python_entry.cpp). Dynamo traces only torch.ops, and
+    only torch.ops honours __torch_function__ (tensor subclasses, torch function modes
+    such as torch.export's), so those calls keep it."""
+    if torch.compiler.is_compiling() or torch._C._has_torch_function(tensors):
+        return _BoxedOps
+    return _C
 
 
 def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
                 batch_first, has_bias, has_proj, dropout, train):
     """The whole layer stack in one op call (csrc/stack.cpp); fastrnn/stack.py uses it for
-    the backends whose layer is `layer` below. weights: a list of Tensors.
-
-    Eager calls take fastrnn._C.layer_stack, the same op through its typed dispatcher
-    handle, which skips torch.ops' boxing of 13 arguments (~3 of ~11 us at the sine-wave
-    shape, see csrc/python_entry.cpp). Dynamo traces only torch.ops, and only torch.ops
-    honours __torch_function__ (tensor subclasses, torch function modes such as
-    torch.export's), so those calls keep it."""
-    args = (mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
-            batch_first, has_bias, has_proj, dropout, train)
-    if torch.compiler.is_compiling() or torch._C._has_torch_function(
-            (input, batch_sizes, h0, c0, *weights)):
-        return _layer_stack(*args)
-    return _C.layer_stack(*args)
+    the backends whose layer is `layer` below. weights: a list of Tensors."""
+    return _entry((input, batch_sizes, h0, c0, *weights)).layer_stack(
+        mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional, batch_first,
+        has_bias, has_proj, dropout, train)
 
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer-direction through the compiled kernels; see fastrnn/reference.py."""
+    ops = _entry((input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     if mode == "GRU":
-        output, h_n = _gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
+        output, h_n = ops.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
         return output, h_n, None
     if mode == "LSTM":
-        return _lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    output, h_n = _rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                             mode == "RNN_RELU", reverse)
+        return ops.lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                              reverse)
+    output, h_n = ops.rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                                mode == "RNN_RELU", reverse)
     return output, h_n, None

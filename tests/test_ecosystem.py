@@ -1,6 +1,7 @@
 """The fused layers inside the rest of PyTorch, on every backend: torch.autocast,
-torch.compile(fullgraph=True), torch.export, torch.save/load, copy.deepcopy,
-DistributedDataParallel (gloo, two local processes) and fastrnn.convert round trips.
+torch.compile(fullgraph=True), torch.export, torch.save/load, copy.deepcopy, weight
+parametrizations, DistributedDataParallel (gloo, two local processes) and fastrnn.convert
+round trips.
 
 Autocast: torch.nn's RNNs are not autocast-listed on CPU; their result dtypes fall out of
 ATen's per-op casting inside the layer (see fastrnn/modules.py, _autocast_dtypes). These
@@ -251,6 +252,28 @@ def test_save_load_and_deepcopy(backend, device):
             parameter.mul_(0.5)
     assert not torch.equal(duplicate(*inputs)[0], expected[0])
     assert torch.equal(model(*inputs)[0], expected[0])
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+@pytest.mark.parametrize("kind", ["layer", "cell"])
+def test_parametrized_weights_follow_torch_nn(backend, device, name, kind):
+    """A parametrization (weight_norm here) takes a weight out of the module's parameters
+    and computes it on access; results and the gradients of what it keeps as parameters
+    match torch.nn's."""
+    torch_class, fused_class = (LAYERS[name][:2] if kind == "layer" else CELLS[name])
+    weight = "weight_hh_l0" if kind == "layer" else "weight_hh"
+    torch.manual_seed(0)
+    expected_module = torch_class(3, 4).to(device, torch.float64)
+    fused_module = fused_class(3, 4, backend=backend).to(device, torch.float64)
+    fused_module.load_state_dict(expected_module.state_dict())
+    for module in (expected_module, fused_module):
+        nn.utils.parametrizations.weight_norm(module, weight)
+    x = torch.randn(*((5,) if kind == "layer" else ()), 2, 3, dtype=torch.float64,
+                    device=device)
+    expected, expected_grads = grads_of(expected_module, lambda m: m(x))
+    actual, actual_grads = grads_of(fused_module, lambda m: m(x))
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(actual_grads, expected_grads)
 
 
 class Forecaster(nn.Module):

@@ -1,14 +1,12 @@
 """fastrnn::layer_stack (csrc/stack.cpp), the one-call layer loop of the compiled
 backends: torch.library.opcheck, equality with the Python loop of fastrnn/stack.py that
-the other backends run, its eager entry (fastrnn._C.layer_stack) against torch.ops, and
-its own argument errors. (The modules' parity with torch.nn through it is test_parity.py's
-job.)"""
+the other backends run, and its own argument errors. (The modules' parity with torch.nn
+through it is test_parity.py's job.)"""
 import pytest
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from fastrnn import FusedGRU, ops, reference, stack
+from fastrnn import ops, reference, stack
 
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason="fastrnn._C not built")
 
@@ -76,58 +74,6 @@ def test_matches_the_python_loop_with_dropout_masks(case, batch_first):
             assert a.numel() == 0, f"{name}: expected an empty tensor for this cell"
             continue
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("batch_first", (False, True), ids=("time_major", "batch_first"))
-def test_eager_entry_matches_torch_ops(case, batch_first):
-    """fastrnn._C.layer_stack (what eager calls take) gives torch.ops' outputs and
-    gradients bit for bit, and its results carry autograd like the op's."""
-    module, x = module_and_input(case, batch_first)
-    hx = initial_state(module, x.shape[0 if batch_first else 1])
-    results = []
-    for call in (ops._C.layer_stack, torch.ops.fastrnn.layer_stack.default):
-        leaves = [x.clone().requires_grad_()] + [
-            s.clone().requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
-        state = tuple(leaves[1:]) if len(leaves) == 3 else leaves[1]
-        args = stack_args(module, leaves[0], state, batch_first)
-        args[5] = [w.detach().requires_grad_() for w in args[5]]
-        outputs = [o for o in call(*args) if o.numel()]
-        torch.manual_seed(2)
-        loss = sum((o * torch.randn_like(o)).sum() for o in outputs)
-        grads = torch.autograd.grad(loss, leaves + args[5])
-        results.append([o.detach() for o in outputs] + list(grads))
-    for a, e in zip(*results):
-        assert torch.equal(a, e)
-
-
-class _RecordingMode(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.seen.append(func)
-        return func(*args, **(kwargs or {}))
-
-
-def test_torch_function_modes_see_the_op():
-    """Under a torch function mode (torch.export's non-strict tracing is one) the call
-    must go through torch.ops, the only entry that honours __torch_function__."""
-    module = FusedGRU(1, 4, backend="cpu")
-    with _RecordingMode() as mode:
-        module(torch.randn(3, 2, 1))
-    assert torch.ops.fastrnn.layer_stack.default in mode.seen
-
-
-def test_the_profiler_sees_eager_calls():
-    """The eager entry calls the op through the dispatcher, so profiles name it."""
-    module = FusedGRU(1, 4, backend="cpu")
-    x = torch.randn(3, 2, 1)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        module(x)
-    names = {event.name for event in prof.events()}
-    assert {"fastrnn::layer_stack", "fastrnn::gru_layer"} <= names, sorted(names)
 
 
 def test_rejects_bad_arguments_with_clear_errors():
