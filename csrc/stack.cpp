@@ -47,18 +47,18 @@ std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
   const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
   switch (cell) {
     case Cell::kGru: {
-      auto [output, h_n] = gru_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
-                                            reverse);
+      auto [output, h_n] =
+          gru_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh, reverse);
       return {output, h_n, Tensor()};
     }
     case Cell::kLstm: {
       const OptTensor w_hr = has_proj ? OptTensor(w.back()) : std::nullopt;
       return lstm_layer_op().call(input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
-                               reverse);
+                                  reverse);
     }
     default: {
-      auto [output, h_n] = rnn_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh,
-                                            cell == Cell::kRnnRelu, reverse);
+      auto [output, h_n] = rnn_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih,
+                                               b_hh, cell == Cell::kRnnRelu, reverse);
       return {output, h_n, Tensor()};
     }
   }

@@ -148,13 +148,13 @@ def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirecti
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """One layer-direction through the compiled kernels; see fastrnn/reference.py."""
-    ops = _entry((input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    entry = _entry((input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     if mode == "GRU":
-        output, h_n = ops.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
+        output, h_n = entry.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
         return output, h_n, None
     if mode == "LSTM":
-        return ops.lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                              reverse)
-    output, h_n = ops.rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                mode == "RNN_RELU", reverse)
+        return entry.lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                reverse)
+    output, h_n = entry.rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                                  mode == "RNN_RELU", reverse)
     return output, h_n, None

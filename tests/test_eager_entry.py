@@ -82,6 +82,18 @@ def test_layer_ops(name, packed):
     assert_same_as_torch_ops(name, make_args)
 
 
+def test_eager_module_calls_skip_torch_ops(monkeypatch):
+    """Parameters (a Tensor subclass with __torch_function__ disabled) must not send
+    plain eager calls back to the boxed path."""
+    def boxed(*args):
+        raise AssertionError("an eager call went through torch.ops")
+
+    for name in ("layer_stack", "lstm_layer"):
+        monkeypatch.setattr(ops._BoxedOps, name, boxed)
+    FusedGRU(1, 4, backend="cpu")(torch.randn(3, 2, 1))
+    FusedLSTMCell(1, 4, backend="cpu")(torch.randn(2, 1))
+
+
 class RecordingMode(TorchFunctionMode):
     def __init__(self):
         super().__init__()
