@@ -16,8 +16,8 @@ CELLS = {
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-@pytest.mark.parametrize("cell,bias,batched,hx_given,dtype", itertools.product(
-    CELLS, (True, False), (True, False), (True, False), (torch.float64, torch.float32)))
+@pytest.mark.parametrize("cell,bias,batched,hx_given,dtype", list(itertools.product(
+    CELLS, (True, False), (True, False), (True, False), (torch.float64, torch.float32))))
 def test_cell_matches_torch_nn(backend, device, cell, bias, batched, hx_given, dtype):
     torch_class, fused_class, kwargs = CELLS[cell]
     hidden = 33 if batched else 7
