@@ -122,12 +122,12 @@ def layer_function(name):
 _layers = {}
 
 
-def layer_for(requested, input):
-    """The `layer` function that runs `input`'s device and dtype (called on every forward,
-    hence a plain dict lookup once resolved)."""
-    key = (requested, input.device.type, input.dtype)
+def layer_for(requested, device, dtype):
+    """The `layer` function that runs tensors of this device and dtype (called on every
+    forward, hence a plain dict lookup once resolved; keyed on the device itself, as
+    device.type costs more than the lookup)."""
+    key = (requested, device, dtype)
     layer = _layers.get(key)
     if layer is None:
-        layer = _layers[key] = layer_function(
-            _resolve(requested, ENV_CHOICE, input.device.type, input.dtype))
+        layer = _layers[key] = layer_function(_resolve(requested, ENV_CHOICE, device.type, dtype))
     return layer

@@ -5,6 +5,8 @@ state_dict are torch.nn's own; only forward changes: it checks the call as torch
 (same messages, same exception types where torch.nn raises on purpose), then runs the
 layer stack on the chosen backend instead of ATen's per-step loop.
 """
+import operator
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -73,26 +75,24 @@ class _FusedLayer:
         """self._flat_weights, refreshed (torch.nn's way) only when a parameter object was
         swapped behind RNNBase.__setattr__'s back. torch.nn walks getattr for every weight
         on every call, which at the sine shape costs more than our whole kernel."""
-        parameters = self._parameters
-        for name, weight in zip(self._flat_weights_names, self._flat_weights):
-            if parameters.get(name) is not weight:
-                self._update_flat_weights()
-                break
+        current = map(self._parameters.get, self._flat_weights_names)
+        if not all(map(operator.is_, current, self._flat_weights)):
+            self._update_flat_weights()
         return self._flat_weights
 
-    def _check_input(self, input, batch_sizes, weight):
+    def _check_input(self, dtype, shape, packed, weight):
         """torch.nn's check_input, same messages, without its per-call overhead."""
-        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+        if dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
-                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"RNN input dtype ({dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: "
-                f"model.to({input.dtype})")
-        expected_dim = 2 if batch_sizes is not None else 3
-        if input.dim() != expected_dim:
-            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
-        if input.shape[-1] != self.input_size:
+                f"model.to({dtype})")
+        expected_dim = 2 if packed else 3
+        if len(shape) != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {len(shape)}")
+        if shape[-1] != self.input_size:
             raise RuntimeError("input.size(-1) must be equal to input_size. Expected "
-                               f"{self.input_size}, got {input.shape[-1]}")
+                               f"{self.input_size}, got {shape[-1]}")
 
     def forward(self, input, hx=None):
         if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
@@ -101,28 +101,35 @@ class _FusedLayer:
         return self._forward(input, hx)
 
     def _forward(self, input, hx=None):
+        # Every tensor attribute is read once: at the sine-wave shape each read costs a
+        # hundredth of the layer.
         flat_weights = self._current_flat_weights()
+        weight = flat_weights[0]
         is_lstm = self.mode == "LSTM"
         packed = isinstance(input, PackedSequence)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
             batch = int(batch_sizes[0])
+            shape = input.shape
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"{self._get_name()}: input must be a Tensor or "
                                 f"PackedSequence, got {type(input).__name__}")
-            dim = input.dim()
-            if dim != 3 and dim != 2:
+            shape = input.shape
+            if len(shape) != 3 and len(shape) != 2:
                 prefix = "LSTM" if is_lstm else self._get_name().replace("Fused", "")
-                raise ValueError(f"{prefix}: Expected input to be 2D or 3D, got {dim}D instead")
+                raise ValueError(f"{prefix}: Expected input to be 2D or 3D, got "
+                                 f"{len(shape)}D instead")
             batch_sizes = sorted_indices = unsorted_indices = None
-            is_batched = dim == 3
+            is_batched = len(shape) == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
-            batch = input.shape[batch_dim]
-        self._check_input(input, batch_sizes, flat_weights[0])
+                shape = input.shape
+            batch = shape[batch_dim]
+        dtype, device = input.dtype, input.device
+        self._check_input(dtype, shape, packed, weight)
 
         if hx is None:
             h = c = None  # zeros, made where the stack runs
@@ -137,18 +144,18 @@ class _FusedLayer:
             if is_lstm and c.shape != (states, batch, self.hidden_size):
                 raise RuntimeError(f"Expected hidden[1] size {(states, batch, self.hidden_size)}"
                                    f", got {list(c.shape)}")
-            _check_device_and_dtype(input, (h,) if c is None else (h, c), flat_weights[0])
-        if input.device != flat_weights[0].device:
-            _check_device_and_dtype(input, (), flat_weights[0])
-        if not packed and input.shape[1 - batch_dim] == 0:
+            _check_device_and_dtype(input, (h,) if c is None else (h, c), weight)
+        if device != weight.device:
+            _check_device_and_dtype(input, (), weight)
+        if not packed and shape[1 - batch_dim] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         if sorted_indices is not None and h is not None:
             h = h.index_select(1, sorted_indices)
             c = None if c is None else c.index_select(1, sorted_indices)
 
         output, h_n, c_n = stack.run(
-            backends.layer_for(self.backend, input), self.mode, input, batch_sizes, h, c,
-            flat_weights, batch=batch, num_layers=self.num_layers,
+            backends.layer_for(self.backend, device, dtype), self.mode, input, batch_sizes, h,
+            c, flat_weights, batch=batch, num_layers=self.num_layers,
             bidirectional=self.bidirectional, batch_first=self.batch_first and not packed,
             has_bias=self.bias, has_proj=self.proj_size > 0, dropout=self.dropout,
             training=self.training)
@@ -255,7 +262,7 @@ class _FusedCell:
             h, c = self._check_cell_state(hx, input, is_batched, "hx"), None
         _check_device_and_dtype(input, (h,) if c is None else (h, c), w_ih)
 
-        _, h_new, c_new = backends.layer_for(self.backend, input)(
+        _, h_new, c_new = backends.layer_for(self.backend, input.device, input.dtype)(
             self._cell_mode(), input.unsqueeze(0), None, h, c, w_ih, w_hh, b_ih, b_hh, None,
             False)
         if not is_batched:
