@@ -131,16 +131,18 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
   T* dg = scratch;              // [S, 4H] gate pre-activation gradients (both sides)
   T* hprev = dg + S * GH;       // [S, P]
-  T* cprev = hprev + S * P;     // [S, H]
-  T* hraw = cprev + S * H;      // [S, H] (kProj) unprojected h_t
+  T* hraw = hprev + S * P;      // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
   T* panels = kProj ? dhraw + st.N * H : hraw;  // backward_pack_scratch: packed operands
   gather_prev(st, h0, P, out, P, P, hprev);
   pack_prev_state_weight(GH, P, w_hh, panels);
-  gather_prev(st, c0, H, ws + 4 * H, 5 * H, H, cprev);
 
   for (int64_t i = st.T - 1; i >= 0; --i) {
-    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    // c_{t-1} is read where it is: the c' column of the previous step's workspace rows for
+    // the nc carried rows, c0 for the rest (a gathered [S, H] copy cost ~2% of an LSTM
+    // forward+backward at H=128).
+    const T* c_carried = i > 0 ? ws + st.off[st.time(i - 1)] * 5 * H + 4 * H : nullptr;
     add_state_grad(dout + off * P, dh, bt * P);
     const int64_t nrt = div_up(bt, kRowTile);
     parallel_tiles(nrt * nblk,
@@ -153,8 +155,9 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
                 dhraw + r0 * H + u0, H);
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
         const int64_t row = off + r;
+        const T* cp = r < nc ? c_carried + r * 5 * H : c0 + r * H;
         bwd_row<T, kProj>(ub, H, kProj ? dhraw + r * H + u0 : dout + row * P + u0,
-                          ws + row * 5 * H + u0, cprev + row * H + u0, dc + r * H + u0,
+                          ws + row * 5 * H + u0, cp + u0, dc + r * H + u0,
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
       });
     });
@@ -253,7 +256,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
     using T = scalar_t;
     const auto scratch = backward_scratch<T>(
-        grad_output, S * (GH + P + H) + (proj ? S * H + N * H : 0) +
+        grad_output, S * (GH + P) + (proj ? S * H + N * H : 0) +
                          backward_pack_scratch(input, S, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;
     run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
