@@ -155,6 +155,36 @@ def test_matches_reference_across_projection_chunks(mode, size, reverse, dtype):
     test_matches_reference(mode, size, True, reverse, True, dtype)
 
 
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
+@pytest.mark.parametrize("reverse", (False, True), ids=("fwd", "rev"))
+@pytest.mark.parametrize("size", ((5, 3, 4, 33), (6, 70, 40, 130)), ids=("N3", "N70"))
+@pytest.mark.parametrize("mode", MODES)
+def test_strided_padded_input(mode, size, reverse, dtype):
+    """The forward reads padded input in place when its features are contiguous, whatever
+    its step and row strides (batch_first input reaches the ops as a transposed view), and
+    copies input whose rows overlap (an expanded batch) first. Both against the reference:
+    the transposed view forward and backward, the expanded input forward."""
+    seed = random.randrange(2**31)
+    case = make_case(mode, *size, torch.float64, False, reverse, True, seed)
+    low = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+           for k, v in case.items()}
+    batch_first_view = low["input"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not batch_first_view.is_contiguous()
+    ref_out, ref_grads = run_with_grads(reference_layer, case, seed)
+    # run_with_grads clones the input, and clone keeps a transposed view's strides.
+    out, grads = run_with_grads(fastrnn_layer, dict(low, input=batch_first_view), seed)
+    for i, (a, e) in enumerate(zip(out + grads, ref_out + ref_grads)):
+        assert_close(a.double(), e, dtype, f"result {i} of the transposed view (seed {seed})")
+
+    expanded = low["input"][:, :1].expand(low["input"].shape)
+    with torch.no_grad():
+        out = [o for o in fastrnn_layer(dict(low, input=expanded)) if o is not None]
+        ref_out = [o for o in reference_layer(dict(case, input=expanded.double().contiguous()))
+                   if o is not None]
+    for i, (a, e) in enumerate(zip(out, ref_out)):
+        assert_close(a.double(), e, dtype, f"output {i} of the expanded input (seed {seed})")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("packed,reverse", ((False, False), (True, True), (True, False)))
 def test_gradcheck(mode, packed, reverse):

@@ -59,8 +59,9 @@ inline void bwd_row(int64_t ub, int64_t H, const T* __restrict__ dh, const T* __
 }
 
 template <typename T, bool kSave>
-void forward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
-             const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws, T* scratch) {
+void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_ih,
+             const T* w_hh, const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws,
+             T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
   InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch);
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][H][3*kUnitBlock]
@@ -154,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
   const int64_t H = w_hh_.size(1);
   check_layer("gru_layer_fwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, H);
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor input = forward_input(input_, batch_sizes.has_value());
+  const at::Tensor h0 = h0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
@@ -167,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd(
       input_projection_scratch(st, G, H, C) + nblk * (H + N) * G * kUnitBlock + N * H;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd", [&] {
     auto run = need_workspace ? forward<scalar_t, true> : forward<scalar_t, false>;
-    run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+    run(st, C, H, input_rows<scalar_t>(input), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), bih.const_data_ptr<scalar_t>(),
         bhh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
         output.mutable_data_ptr<scalar_t>(), h_n.mutable_data_ptr<scalar_t>(),

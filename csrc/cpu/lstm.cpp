@@ -62,7 +62,7 @@ inline void bwd_row(int64_t ub, int64_t H, const T* __restrict__ dhr, const T* _
 }
 
 template <typename T, bool kSave, bool kProj>
-void forward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
+void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, const T* w_ih,
              const T* w_hh, const T* bih, const T* bhh, const T* w_hr, const T* h0, T* out,
              T* hn, T* cs, T* ws, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
@@ -191,7 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
               "fastrnn::lstm_layer_fwd: w_hr must be [P,H] = [", P, ",", H,
               "] of the input's dtype (or None with w_hh [4H,H])");
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor input = forward_input(input_, batch_sizes.has_value());
+  const at::Tensor h0 = h0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
@@ -209,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
     using T = scalar_t;
     auto run = need_workspace ? (proj ? forward<T, true, true> : forward<T, true, false>)
                               : (proj ? forward<T, false, true> : forward<T, false, false>);
-    run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
+    run(st, C, H, P, input_rows<T>(input), w_ih.const_data_ptr<T>(),
         w_hh.const_data_ptr<T>(), bih.const_data_ptr<T>(), bhh.const_data_ptr<T>(),
         proj ? w_hr.const_data_ptr<T>() : nullptr, h0.const_data_ptr<T>(),
         output.mutable_data_ptr<T>(), h_n.mutable_data_ptr<T>(), c_n.mutable_data_ptr<T>(),
