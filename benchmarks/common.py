@@ -65,8 +65,14 @@ def time_interleaved(fns, reps, warmup=3, sync=None, min_sample_s=2e-3):
             sync()
         calls[name] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     samples = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_ in range(reps):
+        # Each round starts one contender later, so every contender follows every other
+        # equally often: what a call leaves behind (threads still spinning, a cache it
+        # filled) does not always fall on the same contender.
+        first = round_ % len(names)
+        for name in names[first:] + names[:first]:
+            fn = fns[name]
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
