@@ -112,7 +112,11 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   T* dgi = scratch;          // [S, 3H]
   T* dgh = dgi + S * GH;     // [S, 3H]
   T* hprev = dgh + S * GH;   // [S, H]
-  T* panels = hprev + S * H;  // backward_pack_scratch: packed operands
+  T* bias_sums = hprev + S * H;  // 2 BiasGradSums
+  const int64_t sums_size = BiasGradSums<T>::scratch_size(st.N, GH);
+  T* panels = bias_sums + 2 * sums_size;  // backward_pack_scratch: packed operands
+  const BiasGradSums<T> dbi_sums(st.N, GH, db_ih, bias_sums);
+  const BiasGradSums<T> dbh_sums(st.N, GH, db_hh, bias_sums + sums_size);
   gather_prev(st, h0, H, out, H, H, hprev);
   pack_prev_state_weight(GH, H, w_hh, panels);
 
@@ -128,6 +132,10 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
         bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
                 dgi + r * GH + u0, dgh + r * GH + u0);
       });
+      for (int64_t g = 0; g < G; ++g) {
+        dbi_sums.add(r0, rows, dgi + off * GH, g * H + u0, ub);
+        dbh_sums.add(r0, rows, dgh + off * GH, g * H + u0, ub);
+      }
     });
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh.
     grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
@@ -142,8 +150,8 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   if (dw_ih) {
     weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
     weight_grads<T>(S, GH, dgh, {{hprev, H, dw_hh}}, panels);
-    column_sums(dgi, S, GH, GH, db_ih);
-    column_sums(dgh, S, GH, GH, db_hh);
+    dbi_sums.finish();
+    dbh_sums.finish();
   }
 }
 
@@ -207,7 +215,8 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor db_hh = grad_result(need_grad_weights, {GH}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
     const auto scratch = backward_scratch<scalar_t>(
-        grad_output, st.S * (2 * GH + H) + backward_pack_scratch(input, st.S, GH, C, H));
+        grad_output, st.S * (2 * GH + H) + 2 * BiasGradSums<scalar_t>::scratch_size(st.N, GH) +
+                         backward_pack_scratch(input, st.S, GH, C, H));
     backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),

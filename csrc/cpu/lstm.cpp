@@ -133,7 +133,9 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
   T* hprev = dg + S * GH;       // [S, P]
   T* hraw = hprev + S * P;      // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
-  T* panels = kProj ? dhraw + st.N * H : hraw;  // backward_pack_scratch: packed operands
+  T* bias_sums = kProj ? dhraw + st.N * H : hraw;  // BiasGradSums
+  T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, GH);  // backward_pack_scratch
+  const BiasGradSums<T> db_sums(st.N, GH, db, bias_sums);
   gather_prev(st, h0, P, out, P, P, hprev);
   pack_prev_state_weight(GH, P, w_hh, panels);
 
@@ -160,6 +162,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
                           ws + row * 5 * H + u0, cp + u0, dc + r * H + u0,
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
       });
+      for (int64_t g = 0; g < G; ++g) db_sums.add(r0, rows, dg + off * GH, g * H + u0, ub);
     });
     grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
@@ -168,7 +171,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
   if (dw_ih) {
     weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {hprev, P, dw_hh}}, panels);
     if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
-    column_sums(dg, S, GH, GH, db);
+    db_sums.finish();
   }
 }
 
@@ -258,6 +261,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     using T = scalar_t;
     const auto scratch = backward_scratch<T>(
         grad_output, S * (GH + P) + (proj ? S * H + N * H : 0) +
+                         BiasGradSums<T>::scratch_size(N, GH) +
                          backward_pack_scratch(input, S, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;
     run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),

@@ -14,6 +14,17 @@
 
 namespace fastrnn {
 namespace cpu {
+namespace {
+
+// dst[0:n] = src[0:n] for a compile-time n: inlined vector moves. std::copy of a run-time
+// length calls memmove, which for the 32-byte rows of pack_row_blocks cost ~7% of an LSTM
+// backward at H=128 (one call per 8 floats).
+template <int64_t n>
+inline void copy_fixed(const float* __restrict__ src, float* __restrict__ dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+}
+
+}  // namespace
 
 void pack_panels(int64_t k, int64_t n, const float* b, int64_t row_stride, int64_t col_stride,
                  float* out) {
@@ -27,6 +38,9 @@ void pack_panels(int64_t k, int64_t n, const float* b, int64_t row_stride, int64
         const float* src = b + (j0 + j) * col_stride;
         for (int64_t p = 0; p < k; ++p) panel[p * kPanel + j] = src[p];
       }
+    } else if (col_stride == 1 && w == kPanel) {  // whole rows of a row-major matrix
+      for (int64_t p = 0; p < k; ++p)
+        copy_fixed<kPanel>(b + p * row_stride + j0, panel + p * kPanel);
     } else {
       for (int64_t p = 0; p < k; ++p) {
         const float* src = b + p * row_stride + j0 * col_stride;
@@ -41,8 +55,13 @@ void pack_row_blocks(int64_t m, int64_t K, int64_t p0, int64_t p1, const float* 
   for (int64_t i0 = 0; i0 < m; i0 += kBlockRows) {
     const int64_t rows = std::min(kBlockRows, m - i0);
     float* block = out + i0 * K;
-    for (int64_t p = p0; p < p1; ++p)
-      std::copy(at + p * ld + i0, at + p * ld + i0 + rows, block + p * kBlockRows);
+    if (rows == kBlockRows) {
+      for (int64_t p = p0; p < p1; ++p)
+        copy_fixed<kBlockRows>(at + p * ld + i0, block + p * kBlockRows);
+    } else {
+      for (int64_t p = p0; p < p1; ++p)
+        std::copy(at + p * ld + i0, at + p * ld + i0 + rows, block + p * kBlockRows);
+    }
   }
 }
 

@@ -71,7 +71,9 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   const int64_t S = st.S;
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
   T* hprev = dg + S * H;    // [S, H]
-  T* panels = hprev + S * H;  // backward_pack_scratch: packed operands
+  T* bias_sums = hprev + S * H;  // BiasGradSums
+  T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, H);  // backward_pack_scratch
+  const BiasGradSums<T> db_sums(st.N, H, db, bias_sums);
   gather_prev(st, h0, H, out, H, H, hprev);
   pack_prev_state_weight(H, H, w_hh, panels);
 
@@ -85,6 +87,8 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
       for (int64_t j = 0; j < bt * H; ++j)
         // !(y <= 0), as torch's threshold_backward: a NaN output passes its gradient on.
         d[j] = kRelu ? (!(y[j] <= T(0)) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
+      for (int64_t r0 = 0; r0 < bt; r0 += kRowTile)
+        db_sums.add(r0, std::min(kRowTile, bt - r0), d, 0, H);
     }
     grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
                        [](int64_t, int64_t, int64_t, T*) { return false; });
@@ -92,7 +96,7 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {hprev, H, dw_hh}}, panels);
-    column_sums(dg, S, H, H, db);
+    db_sums.finish();
   }
 }
 
@@ -149,7 +153,8 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor db = grad_result(need_grad_weights, {H}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
     const auto scratch = backward_scratch<scalar_t>(
-        grad_output, st.S * 2 * H + backward_pack_scratch(input, st.S, H, C, H));
+        grad_output, st.S * 2 * H + BiasGradSums<scalar_t>::scratch_size(st.N, H) +
+                         backward_pack_scratch(input, st.S, H, C, H));
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
