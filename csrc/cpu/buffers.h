@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -92,11 +93,16 @@ template <typename T>
 BackwardScratch<T> backward_scratch(const at::Tensor& grad_output, int64_t numel) {
   const int64_t n = grad_output.numel();
   T* buffer = thread_scratch<T>(n + numel);
-  if (grad_output.is_contiguous() && grad_output.scalar_type() == c10::CppTypeToScalarType<T>())
-    std::copy_n(grad_output.const_data_ptr<T>(), n, buffer);
-  else  // strided or another dtype: let ATen copy and convert
+  if (grad_output.is_contiguous() && grad_output.scalar_type() == c10::CppTypeToScalarType<T>()) {
+    const T* src = grad_output.const_data_ptr<T>();
+    // In parallel, as ATen's copy below is: a few MiB at B=64, T=100.
+    at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+      std::copy(src + begin, src + end, buffer + begin);
+    });
+  } else {  // strided or another dtype: let ATen copy and convert
     at::from_blob(buffer, grad_output.sizes(), grad_output.options().dtype(
                       c10::CppTypeToScalarType<T>())).copy_(grad_output);
+  }
   return {buffer, buffer + n};
 }
 

@@ -124,7 +124,7 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
     add_state_grad(dout + off * H, dh, bt * H);
     const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * 16,
+    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * kGateGradCost,
                    [&](int64_t tile) {
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);

@@ -148,7 +148,8 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
     add_state_grad(dout + off * P, dh, bt * P);
     const int64_t nrt = div_up(bt, kRowTile);
     parallel_tiles(nrt * nblk,
-                   std::min(bt, kRowTile) * std::min(H, kUnitBlock) * (kProj ? P : 16),
+                   std::min(bt, kRowTile) * std::min(H, kUnitBlock) *
+                       (kGateGradCost + (kProj ? P : 0)),
                    [&](int64_t tile) {
       const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
       const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
