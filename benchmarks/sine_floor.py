@@ -1,0 +1,111 @@
+"""The sine-wave shape against what any layer module costs there.
+
+Issue 3 sets ratios of microsecond-scale calls at the sine shape (B=1, T=20, I=1, H=16):
+40x torch.nn for the GRU, 10x for the RNN, 8x for the LSTM. This script times, interleaved
+in one process, with 1 and 2 threads, for each cell:
+
+- torch.nn's layer and fastrnn's: forward under no_grad, and output.sum().backward();
+- a floor for each pass, made from fastrnn's own module and parameters, doing no
+  recurrent work:
+  - fwd: a call of an nn.Module whose forward is one ATen op (F.linear of two of the
+    parameters);
+  - fwd+bwd: the autograd graph of fastrnn's training step with trivial nodes: the four
+    parameters (two through views) into one torch.cat, then .sum().backward().
+    fastrnn's graph has the same shape: the four parameters into one node, a transpose,
+    the sum.
+
+and the time each target allows (torch.nn time / target). Where the floor is above that
+time, no layer module meets the target in this process. Writes
+benchmarks/results/sine_floor.json and .md.
+
+    python -m benchmarks.sine_floor [--quick]
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastrnn
+from benchmarks.common import machine_header, time_interleaved, write_results
+
+CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN, 10), "GRU": (nn.GRU, fastrnn.FusedGRU, 40),
+         "LSTM": (nn.LSTM, fastrnn.FusedLSTM, 8)}
+B, T, I, H = 1, 20, 1, 16
+
+
+class OneOpModule(nn.Module):
+    """The cheapest forward a layer module could have: one ATen op on its parameters."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.weight_hh, self.bias_hh = layer.weight_hh_l0, layer.bias_hh_l0
+
+    def forward(self, h):
+        return F.linear(h, self.weight_hh, self.bias_hh)
+
+
+def rows_for(cell, threads, reps):
+    torch_cls, fused_cls, target = CELLS[cell]
+    torch.manual_seed(0)
+    ref = torch_cls(I, H, batch_first=True)
+    fused = fused_cls(I, H, batch_first=True, backend="cpu")
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, I)
+    h = torch.randn(B, H)
+    one_op = OneOpModule(fused)
+    w_ih, w_hh, b_ih, b_hh = fused._flat_weights
+
+    def forward(module, arg):
+        def run():
+            with torch.no_grad():
+                module(arg)
+        return run
+
+    def train(module):
+        return lambda: module(x)[0].sum().backward()
+
+    def same_shape_graph():
+        torch.cat([w_ih.view(-1), w_hh.view(-1), b_ih, b_hh]).sum().backward()
+
+    passes = (("fwd", {"torch": forward(ref, x), "fastrnn": forward(fused, x),
+                       "floor": forward(one_op, h)}),
+              ("fwd+bwd", {"torch": train(ref), "fastrnn": train(fused),
+                           "floor": same_shape_graph}))
+    rows = []
+    for pass_name, fns in passes:
+        t = time_interleaved(fns, reps)
+        rows.append(dict(cell=cell, threads=threads, pass_=pass_name,
+                         torch_us=t["torch"] * 1e6, fastrnn_us=t["fastrnn"] * 1e6,
+                         speedup=t["torch"] / t["fastrnn"], target=f"{target}x",
+                         allowed_us=t["torch"] * 1e6 / target, floor_us=t["floor"] * 1e6))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    args = parser.parse_args()
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for cell in CELLS:
+            rows += rows_for(cell, threads, 20 if args.quick else 200)
+    columns = [("cell", "cell", None), ("threads", "threads", None), ("pass_", "pass", None),
+               ("torch_us", "torch.nn us", "{:.1f}"), ("fastrnn_us", "fastrnn us", "{:.1f}"),
+               ("speedup", "torch.nn / fastrnn", "{:.2f}x"), ("target", "target", None),
+               ("allowed_us", "us the target allows", "{:.1f}"),
+               ("floor_us", "floor us", "{:.1f}")]
+    notes = [f"Sine-wave shape B={B}, T={T}, I={I}, H={H}, batch_first. Medians of "
+             "interleaved runs in one process. 'floor' (see the script's docstring): fwd, "
+             "an nn.Module call running one F.linear under no_grad; fwd+bwd, torch.cat of the "
+             "layer's four parameters, .sum().backward(). A target whose allowed time is "
+             "below the floor cannot be met by any layer module in this process."]
+    header = machine_header("cpu", threads="1,2")
+    print(write_results("sine_floor", header, rows, columns,
+                        "Sine shape: fastrnn, torch.nn and the per-call floor", notes))
+
+
+if __name__ == "__main__":
+    main()
