@@ -2,7 +2,8 @@
 
 For RNN, GRU and LSTM at the sine-wave shape and larger ones: forward under no_grad and
 forward+backward, with 1 and 2 threads; plus packed variable-length input against padded
-input of the same total tokens. Medians of interleaved runs (see common.time_interleaved).
+input of the same total tokens, and one step of the *Cell classes. Medians of interleaved
+runs (see common.time_interleaved).
 Writes benchmarks/results/cpu.json and cpu.md.
 
     python -m benchmarks.layers_cpu [--quick]
@@ -24,6 +25,11 @@ CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN), "GRU": (nn.GRU, fastrnn.FusedGRU),
 # shared VM, where a burst of neighbour load can slow a 2-thread sample by 1.5x.
 SHAPES = (("sine", 1, 20, 1, 16, 300), ("sine_batch", 38, 20, 1, 16, 200),
           ("h128", 64, 100, 128, 128, 31), ("h512", 64, 100, 512, 512, 11))
+STEP_CELLS = {"RNNCell": (nn.RNNCell, fastrnn.FusedRNNCell),
+              "GRUCell": (nn.GRUCell, fastrnn.FusedGRUCell),
+              "LSTMCell": (nn.LSTMCell, fastrnn.FusedLSTMCell)}
+# (name, B, I, H, reps): one step of a cell.
+STEP_SHAPES = (("sine step", 1, 1, 16, 300), ("h128 step", 64, 128, 128, 100))
 
 
 def pair(cell, I, H):
@@ -48,6 +54,32 @@ def train_fn(module, x):
         output = output.data if hasattr(output, "batch_sizes") else output
         output.sum().backward()
     return run
+
+
+def cell_rows(args, threads):
+    """One step of each *Cell class; an LSTMCell's output is (h, c), trained through h."""
+    rows = []
+    for name, B, I, H, reps in STEP_SHAPES:
+        x = torch.randn(B, I)
+        for cell, (torch_cls, fused_cls) in STEP_CELLS.items():
+            torch.manual_seed(0)
+            ref = torch_cls(I, H)
+            fused = fused_cls(I, H, backend="cpu")
+            fused.load_state_dict(ref.state_dict())
+
+            def train(module, lstm=cell == "LSTMCell"):
+                return lambda: (module(x)[0] if lstm else module(x)).sum().backward()
+
+            for pass_name, fns in (
+                    ("fwd", {"torch": forward_fn(ref, x), "fastrnn": forward_fn(fused, x)}),
+                    ("fwd+bwd", {"torch": train(ref), "fastrnn": train(fused)})):
+                t = time_interleaved(fns, max(2, reps // 5) if args.quick else reps)
+                rows.append(dict(cell=cell, shape=name, B=B, T=1, I=I, H=H, threads=threads,
+                                 pass_=pass_name, torch_us=t["torch"] * 1e6,
+                                 fastrnn_us=t["fastrnn"] * 1e6,
+                                 speedup=t["torch"] / t["fastrnn"]))
+                print(rows[-1], flush=True)
+    return rows
 
 
 def padded_rows(args, threads):
@@ -100,7 +132,7 @@ def main():
     rows = []
     for threads in [int(n) for n in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        rows += padded_rows(args, threads) + packed_rows(args, threads)
+        rows += padded_rows(args, threads) + packed_rows(args, threads) + cell_rows(args, threads)
     header = machine_header("cpu", threads=args.threads)
     columns = [("cell", "cell", None), ("shape", "shape", None), ("B", "B", None),
                ("T", "T", None), ("I", "I", None), ("H", "H", None),
