@@ -27,6 +27,7 @@ from torch import nn
 
 import fastrnn
 from benchmarks.common import machine_header, time_interleaved, write_results
+from benchmarks.layers_cpu import forward_fn, train_fn
 
 CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN, 10), "GRU": (nn.GRU, fastrnn.FusedGRU, 40),
          "LSTM": (nn.LSTM, fastrnn.FusedLSTM, 8)}
@@ -49,21 +50,12 @@ def rows_for(cell, threads, reps):
     x = torch.randn(B, T, I)
     leaves = [p.detach().reshape(-1).clone().requires_grad_() for p in fused._flat_weights]
 
-    def forward(module, arg):
-        def run():
-            with torch.no_grad():
-                module(arg)
-        return run
-
-    def train(module):
-        return lambda: module(x)[0].sum().backward()
-
     def smallest_graph():
         torch.cat(leaves).sum().backward()
 
-    passes = (("fwd", {"torch": forward(ref, x), "fastrnn": forward(fused, x),
-                       "floor": forward(OneOpModule(), x)}),
-              ("fwd+bwd", {"torch": train(ref), "fastrnn": train(fused),
+    passes = (("fwd", {"torch": forward_fn(ref, x), "fastrnn": forward_fn(fused, x),
+                       "floor": forward_fn(OneOpModule(), x)}),
+              ("fwd+bwd", {"torch": train_fn(ref, x), "fastrnn": train_fn(fused, x),
                            "floor": smallest_graph}))
     rows = []
     for pass_name, fns in passes:
