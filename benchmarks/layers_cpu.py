@@ -32,11 +32,11 @@ STEP_CELLS = {"RNNCell": (nn.RNNCell, fastrnn.FusedRNNCell),
 STEP_SHAPES = (("sine step", 1, 1, 16, 300), ("h128 step", 64, 128, 128, 100))
 
 
-def pair(cell, I, H):
-    torch_cls, fused_cls = CELLS[cell]
+def pair(torch_cls, fused_cls, *args, **kwargs):
+    """A torch.nn module and its fused twin (backend='cpu') with the same weights."""
     torch.manual_seed(0)
-    ref = torch_cls(I, H, batch_first=True)
-    fused = fused_cls(I, H, batch_first=True, backend="cpu")
+    ref = torch_cls(*args, **kwargs)
+    fused = fused_cls(*args, **kwargs, backend="cpu")
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
@@ -49,31 +49,27 @@ def forward_fn(module, x):
 
 
 def train_fn(module, x):
+    """Backward from the sum of the output: a layer's output (of its (output, h_n)), an
+    LSTMCell's h (of its (h, c)), or the new h of the other cells."""
     def run():
-        output = module(x)[0]
+        output = module(x)
+        output = output[0] if isinstance(output, tuple) else output
         output = output.data if hasattr(output, "batch_sizes") else output
         output.sum().backward()
     return run
 
 
 def cell_rows(args, threads):
-    """One step of each *Cell class; an LSTMCell's output is (h, c), trained through h."""
+    """One step of each *Cell class."""
     rows = []
     for name, B, I, H, reps in STEP_SHAPES:
+        if args.quick:
+            reps = max(2, reps // 5)
         x = torch.randn(B, I)
-        for cell, (torch_cls, fused_cls) in STEP_CELLS.items():
-            torch.manual_seed(0)
-            ref = torch_cls(I, H)
-            fused = fused_cls(I, H, backend="cpu")
-            fused.load_state_dict(ref.state_dict())
-
-            def train(module, lstm=cell == "LSTMCell"):
-                return lambda: (module(x)[0] if lstm else module(x)).sum().backward()
-
-            for pass_name, fns in (
-                    ("fwd", {"torch": forward_fn(ref, x), "fastrnn": forward_fn(fused, x)}),
-                    ("fwd+bwd", {"torch": train(ref), "fastrnn": train(fused)})):
-                t = time_interleaved(fns, max(2, reps // 5) if args.quick else reps)
+        for cell, classes in STEP_CELLS.items():
+            ref, fused = pair(*classes, I, H)
+            for pass_name, make in (("fwd", forward_fn), ("fwd+bwd", train_fn)):
+                t = time_interleaved({"torch": make(ref, x), "fastrnn": make(fused, x)}, reps)
                 rows.append(dict(cell=cell, shape=name, B=B, T=1, I=I, H=H, threads=threads,
                                  pass_=pass_name, torch_us=t["torch"] * 1e6,
                                  fastrnn_us=t["fastrnn"] * 1e6,
@@ -89,7 +85,7 @@ def padded_rows(args, threads):
             reps = max(2, reps // 5)
         x = torch.randn(B, T, I)
         for cell in CELLS:
-            ref, fused = pair(cell, I, H)
+            ref, fused = pair(*CELLS[cell], I, H, batch_first=True)
             for pass_name, make in (("fwd", forward_fn), ("fwd+bwd", train_fn)):
                 t = time_interleaved({"torch": make(ref, x), "fastrnn": make(fused, x)}, reps)
                 rows.append(dict(cell=cell, shape=name, B=B, T=T, I=I, H=H, threads=threads,
@@ -110,7 +106,7 @@ def packed_rows(args, threads):
     padded = torch.randn(B, round(tokens / B), I)
     rows = []
     for cell in CELLS:
-        ref, fused = pair(cell, I, H)
+        ref, fused = pair(*CELLS[cell], I, H, batch_first=True)
         for pass_name, make in (("fwd", forward_fn), ("fwd+bwd", train_fn)):
             t = time_interleaved({"torch": make(ref, packed), "fastrnn": make(fused, packed),
                                   "fastrnn_padded": make(fused, padded)}, reps)

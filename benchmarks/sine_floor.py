@@ -27,7 +27,7 @@ from torch import nn
 
 import fastrnn
 from benchmarks.common import machine_header, time_interleaved, write_results
-from benchmarks.layers_cpu import forward_fn, train_fn
+from benchmarks.layers_cpu import forward_fn, pair, train_fn
 
 CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN, 10), "GRU": (nn.GRU, fastrnn.FusedGRU, 40),
          "LSTM": (nn.LSTM, fastrnn.FusedLSTM, 8)}
@@ -43,10 +43,7 @@ class OneOpModule(nn.Module):
 
 def rows_for(cell, threads, reps):
     torch_cls, fused_cls, target = CELLS[cell]
-    torch.manual_seed(0)
-    ref = torch_cls(I, H, batch_first=True)
-    fused = fused_cls(I, H, batch_first=True, backend="cpu")
-    fused.load_state_dict(ref.state_dict())
+    ref, fused = pair(torch_cls, fused_cls, I, H, batch_first=True)
     x = torch.randn(B, T, I)
     leaves = [p.detach().reshape(-1).clone().requires_grad_() for p in fused._flat_weights]
 
