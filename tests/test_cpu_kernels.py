@@ -143,6 +143,14 @@ def test_matches_reference_past_one_gemm_pass(mode):
     test_matches_reference(mode, (45, 13, 600, 20), True, False, True, torch.float32)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_with_whole_weight_panels(mode):
+    """float32 weights whose unit blocks are whole 32-column panels (H=96: blocks of 64 and
+    32 units) are packed 16x16 blocks at a time (csrc/cpu/packed_gemm.cpp), with depths of
+    whole blocks and a remainder (C=35; P=96, or 48 with a projection)."""
+    test_matches_reference(mode, (3, 5, 35, 96), False, False, True, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))
 @pytest.mark.parametrize("reverse", (False, True), ids=("fwd", "rev"))
 @pytest.mark.parametrize("size", ((40, 30, 6, 20), (12, 70, 6, 70)), ids=("N30", "N70"))

@@ -110,16 +110,21 @@ inline void parallel_pack(int64_t k, int64_t n, const float* b, float* out) {
   });
 }
 
-// packed_gemm over (kPackedRowTile x kPackedColTile) tiles of C, in parallel; arguments as
+// packed_gemm over (row tile x kPackedColTile) tiles of C, in parallel; arguments as
 // packed_gemm. Column tiles vary fastest so that consecutive tiles share their A rows.
 inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const float* bp,
                               const float* init, int64_t init_ld, float* c, int64_t ldc) {
   const int64_t nct = div_up(n, kPackedColTile);
-  parallel_tiles(div_up(m, kPackedRowTile) * nct,
-                 std::min(m, kPackedRowTile) * std::min(n, kPackedColTile) * k,
+  // Half-height tiles where kPackedRowTile gives fewer than 8: the weight gradients at
+  // H = 128 ([G*128, 128]) made 1 (RNN), 3 (GRU) or 4 (LSTM) tiles, so the RNN's ran on one
+  // thread and the GRU's split 2:1 between two.
+  const int64_t row_tile = div_up(m, kPackedRowTile) * nct < 8 ? kPackedRowTile / 2
+                                                                : kPackedRowTile;
+  parallel_tiles(div_up(m, row_tile) * nct,
+                 std::min(m, row_tile) * std::min(n, kPackedColTile) * k,
                  [&](int64_t tile) {
-    const int64_t r0 = (tile / nct) * kPackedRowTile, j0 = (tile % nct) * kPackedColTile;
-    packed_gemm(std::min(kPackedRowTile, m - r0), std::min(kPackedColTile, n - j0), k,
+    const int64_t r0 = (tile / nct) * row_tile, j0 = (tile % nct) * kPackedColTile;
+    packed_gemm(std::min(row_tile, m - r0), std::min(kPackedColTile, n - j0), k,
                 a.from_row(r0), bp + j0 * k, init ? init + r0 * init_ld + j0 : nullptr, init_ld,
                 c + r0 * ldc + j0, ldc);
   });
@@ -322,6 +327,15 @@ inline void pack_unit_blocks(const T* w, int64_t G, int64_t H, int64_t P, T* out
     const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
     const int64_t cols = G * ub, nr = use_packed_gemm<T>() ? kPanel : cols;
     T* blk = out + k * P * G * kUnitBlock;
+    if constexpr (std::is_same_v<T, float>) {
+      // Whole panels per gate (every block but a last one of H % 32 units): gate g's
+      // columns are rows g*H + u0 .. of W, a transposed source pack_panels packs fast.
+      if (use_packed_gemm<T>() && ub % kPanel == 0) {
+        for (int64_t g = 0; g < G; ++g)
+          pack_panels(P, ub, w + (g * H + u0) * P, 1, P, blk + g * ub * P);
+        continue;
+      }
+    }
     if (cols % nr != 0)  // zero the padding columns of the last panel
       std::fill(blk + (cols / nr) * P * nr, blk + div_up(cols, nr) * P * nr, T(0));
     for (int64_t g = 0; g < G; ++g)
