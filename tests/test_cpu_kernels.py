@@ -143,12 +143,14 @@ def test_matches_reference_past_one_gemm_pass(mode):
     test_matches_reference(mode, (45, 13, 600, 20), True, False, True, torch.float32)
 
 
+@pytest.mark.parametrize("hidden", (96, 80))
 @pytest.mark.parametrize("mode", MODES)
-def test_matches_reference_with_whole_weight_panels(mode):
-    """float32 weights whose unit blocks are whole 32-column panels (H=96: blocks of 64 and
-    32 units) are packed 16x16 blocks at a time (csrc/cpu/packed_gemm.cpp), with depths of
-    whole blocks and a remainder (C=35; P=96, or 48 with a projection)."""
-    test_matches_reference(mode, (3, 5, 35, 96), False, False, True, torch.float32)
+def test_matches_reference_with_whole_weight_strips(mode, hidden):
+    """float32 weights whose unit blocks are whole 16-column strips are packed 16x16 blocks
+    at a time (csrc/cpu/packed_gemm.cpp): H=96 (blocks of 64 and 32 units, whole panels) and
+    H=80 (a last block of 16 units, half a panel for the RNN), with depths of whole blocks
+    and a remainder (C=35; P=H, or H/2 with a projection)."""
+    test_matches_reference(mode, (3, 5, 35, hidden), False, False, True, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32), ids=("f64", "f32"))

@@ -58,23 +58,20 @@ inline void copy_fixed(const float* __restrict__ src, float* __restrict__ dst) {
   }
 }
 
-// A whole panel of a transposed source: panel[p * kPanel + j] = b[j * col_stride + p].
-// Element by element this is one store per float into a column of the panel: 17-20% of a
-// GRU or LSTM cell step's forward at B=64, H=128, which packs W_ih and W_hh on every call
-// (perf, one thread). 16x16 blocks transposed in registers store whole panel rows instead.
-[[gnu::target("avx512f")]] void pack_transposed_panel(int64_t k, const float* b,
-                                                      int64_t col_stride, float* panel) {
+// kStrip columns of a transposed source into their panel: dst[p * kPanel + j] =
+// bt[j * ld + p], j < kStrip, p < k. Element by element this is one store per float into
+// a column of the panel: 17-20% of a GRU or LSTM cell step's forward at B=64, H=128, which
+// packs W_ih and W_hh on every call (perf, one thread). 16x16 blocks transposed in
+// registers store whole rows of the strip instead.
+[[gnu::target("avx512f")]] void pack_strip_avx512(int64_t k, const float* bt, int64_t ld,
+                                                  float* dst) {
   for (int64_t p0 = 0; p0 < k; p0 += 16) {
     const int64_t depth = std::min<int64_t>(16, k - p0);
     const __mmask16 valid = static_cast<__mmask16>((uint32_t(1) << depth) - 1);
-    for (int64_t j0 = 0; j0 < kPanel; j0 += 16) {
-      __m512 rows[16];
-      for (int i = 0; i < 16; ++i)
-        rows[i] = _mm512_maskz_loadu_ps(valid, b + (j0 + i) * col_stride + p0);
-      transpose16(rows);
-      for (int64_t p = 0; p < depth; ++p)
-        _mm512_storeu_ps(panel + (p0 + p) * kPanel + j0, rows[p]);
-    }
+    __m512 rows[16];
+    for (int i = 0; i < 16; ++i) rows[i] = _mm512_maskz_loadu_ps(valid, bt + i * ld + p0);
+    transpose16(rows);
+    for (int64_t p = 0; p < depth; ++p) _mm512_storeu_ps(dst + (p0 + p) * kPanel, rows[p]);
   }
 }
 #pragma GCC diagnostic pop
@@ -89,18 +86,7 @@ void pack_panels(int64_t k, int64_t n, const float* b, int64_t row_stride, int64
     float* panel = out + j0 * k;
     if (w < kPanel)
       std::fill(panel, panel + k * kPanel, 0.0f);
-    if (row_stride == 1) {  // transposed source: read each column of B contiguously
-#if defined(__x86_64__)
-      if (w == kPanel) {
-        pack_transposed_panel(k, b + j0 * col_stride, col_stride, panel);
-        continue;
-      }
-#endif
-      for (int64_t j = 0; j < w; ++j) {
-        const float* src = b + (j0 + j) * col_stride;
-        for (int64_t p = 0; p < k; ++p) panel[p * kPanel + j] = src[p];
-      }
-    } else if (col_stride == 1 && w == kPanel) {  // whole rows of a row-major matrix
+    if (col_stride == 1 && w == kPanel) {  // whole rows of a row-major matrix
       for (int64_t p = 0; p < k; ++p)
         copy_fixed<kPanel>(b + p * row_stride + j0, panel + p * kPanel);
     } else {
@@ -220,12 +206,20 @@ void packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const float* bp,
   packed_gemm_avx512(m, n, k, a, bp, init, init_ld, c, ldc);
 }
 
+void pack_transposed_strip(int64_t k, const float* bt, int64_t ld, int64_t j0, float* out) {
+  pack_strip_avx512(k, bt, ld, out + j0 / kPanel * k * kPanel + j0 % kPanel);
+}
+
 #else  // no AVX-512 kernel for this architecture: callers stay on gemm_rm
 
 bool packed_gemm_available() { return false; }
 
 void packed_gemm(int64_t, int64_t, int64_t, AOperand, const float*, const float*, int64_t,
                  float*, int64_t) {
+  std::abort();  // unreachable: guarded by packed_gemm_available()
+}
+
+void pack_transposed_strip(int64_t, const float*, int64_t, int64_t, float*) {
   std::abort();  // unreachable: guarded by packed_gemm_available()
 }
 

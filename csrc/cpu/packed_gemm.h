@@ -32,9 +32,18 @@ inline int64_t packed_size(int64_t k, int64_t n) { return k * panel_cols(n); }
 bool packed_gemm_available();
 
 // Packs B(p, j) = b[p * row_stride + j * col_stride], p < k, j < n, into panels at out
-// (packed_size(k, n) floats): row_stride 1 packs a transposed matrix.
+// (packed_size(k, n) floats). Fast for whole rows of a row-major matrix (col_stride 1);
+// a transposed source goes faster through pack_transposed_strip.
 void pack_panels(int64_t k, int64_t n, const float* b, int64_t row_stride, int64_t col_stride,
                  float* out);
+
+// Columns per pack_transposed_strip call.
+constexpr int64_t kStrip = 16;
+
+// Columns j0 .. j0 + kStrip - 1 (j0 a multiple of kStrip) of a packed [k, n] operand from a
+// transposed source: B(p, j0 + j) = bt[j * ld + p]. The other columns are left as they
+// are. Only where packed_gemm_available().
+void pack_transposed_strip(int64_t k, const float* bt, int64_t ld, int64_t j0, float* out);
 
 // Rows of A (and C) per micro-kernel call.
 constexpr int64_t kBlockRows = 8;

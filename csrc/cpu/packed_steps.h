@@ -327,17 +327,19 @@ inline void pack_unit_blocks(const T* w, int64_t G, int64_t H, int64_t P, T* out
     const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
     const int64_t cols = G * ub, nr = use_packed_gemm<T>() ? kPanel : cols;
     T* blk = out + k * P * G * kUnitBlock;
+    if (cols % nr != 0)  // zero the padding columns of the last panel
+      std::fill(blk + (cols / nr) * P * nr, blk + div_up(cols, nr) * P * nr, T(0));
     if constexpr (std::is_same_v<T, float>) {
-      // Whole panels per gate (every block but a last one of H % 32 units): gate g's
-      // columns are rows g*H + u0 .. of W, a transposed source pack_panels packs fast.
-      if (use_packed_gemm<T>() && ub % kPanel == 0) {
+      // Gate g's columns g*ub + j are rows g*H + u0 + j of W, a transposed source: blocks
+      // of whole strips (any H % 16 == 0, the sine-wave shape's H=16 among them) pack
+      // 16x16 at a time in registers.
+      if (use_packed_gemm<T>() && ub % kStrip == 0) {
         for (int64_t g = 0; g < G; ++g)
-          pack_panels(P, ub, w + (g * H + u0) * P, 1, P, blk + g * ub * P);
+          for (int64_t j = 0; j < ub; j += kStrip)
+            pack_transposed_strip(P, w + (g * H + u0 + j) * P, P, g * ub + j, blk);
         continue;
       }
     }
-    if (cols % nr != 0)  // zero the padding columns of the last panel
-      std::fill(blk + (cols / nr) * P * nr, blk + div_up(cols, nr) * P * nr, T(0));
     for (int64_t g = 0; g < G; ++g)
       for (int64_t j = 0; j < ub; ++j) {
         const int64_t col = g * ub + j;
