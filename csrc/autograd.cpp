@@ -42,7 +42,7 @@ const auto& rnn_bwd() {
   static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-      const Tensor&, bool, bool, bool, bool)>("fastrnn::rnn_layer_bwd");
+      const Tensor&, bool, bool, bool, bool, bool)>("fastrnn::rnn_layer_bwd");
   return op;
 }
 const auto& gru_fwd() {
@@ -56,7 +56,7 @@ const auto& gru_bwd() {
   static const auto& op = op_handle<Tensor6(
       const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
       const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const Tensor&,
-      const Tensor&, bool, bool, bool)>("fastrnn::gru_layer_bwd");
+      const Tensor&, bool, bool, bool, bool)>("fastrnn::gru_layer_bwd");
   return op;
 }
 const auto& lstm_fwd() {
@@ -71,7 +71,7 @@ const auto& lstm_bwd() {
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-      bool, bool, bool)>("fastrnn::lstm_layer_bwd");
+      bool, bool, bool, bool)>("fastrnn::lstm_layer_bwd");
   return op;
 }
 
@@ -117,20 +117,24 @@ Tensor grad_if(bool wanted, const Tensor& grad) { return wanted ? grad : Tensor(
 // The gradients this backward() call must compute, from its graph edges: one per defined
 // tensor argument of forward(), in order. input is edge 0, then batch_sizes (if given),
 // h0 and c0, then the weights: w_ih, w_hh and whichever of b_ih, b_hh, w_hr were given.
-// A first layer's input (data) needs no gradient, nor do frozen weights, nor inputs left
-// out of torch.autograd.grad(inputs=...): the kernels skip those GEMMs.
+// A first layer's input (data) needs no gradient, nor do frozen weights, nor zero initial
+// states (the stack's, or a cell's called without hx), nor inputs left out of
+// torch.autograd.grad(inputs=...): the kernels skip those GEMMs.
 struct GradsWanted {
-  bool input, weights;
+  bool input, states, weights;
 };
 // saved: the saved variables, which keep forward()'s argument order with an undefined
-// tensor for each absent optional one (batch_sizes is saved[1]); the weights are
-// saved[first_weight, first_weight + n_weights).
+// tensor for each absent optional one (batch_sizes is saved[1]); the states (h0, and c0
+// for the LSTM) are saved[2, first_weight), the weights saved[first_weight,
+// first_weight + n_weights).
 GradsWanted grads_wanted(AutogradContext* ctx, const variable_list& saved, size_t first_weight,
                          size_t n_weights) {
-  const size_t first_edge = first_weight - (saved[1].defined() ? 0 : 1);
+  const size_t shift = saved[1].defined() ? 0 : 1;  // saved[i]'s edge is i - shift, i >= 2
+  const size_t first_edge = first_weight - shift;
   size_t edges = 0;
   for (size_t i = first_weight; i < first_weight + n_weights; ++i) edges += saved[i].defined();
-  return {ctx->needs_input_grad(0), ctx->needs_input_grad({{first_edge, first_edge + edges}})};
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad({{2 - shift, first_edge}}),
+          ctx->needs_input_grad({{first_edge, first_edge + edges}})};
 }
 
 struct RNNFunction : public torch::autograd::Function<RNNFunction> {
@@ -155,9 +159,9 @@ struct RNNFunction : public torch::autograd::Function<RNNFunction> {
         below_autograd([&] {
           return rnn_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
                                 opt(s[5]), opt(s[6]), s[7], s[8], flags & 1, flags & 2,
-                                want.input, want.weights);
+                                want.input, want.weights, want.states);
         });
-    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0,
+    return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
                                 grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
                                 grad_if(want.weights && s[5].defined(), db_ih),
                                 grad_if(want.weights && s[6].defined(), db_hh), Tensor(),
@@ -186,9 +190,10 @@ struct GRUFunction : public torch::autograd::Function<GRUFunction> {
         below_autograd([&] {
           return gru_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
                                 opt(s[5]), opt(s[6]), s[7], s[8],
-                                ctx->saved_data["reverse"].toBool(), want.input, want.weights);
+                                ctx->saved_data["reverse"].toBool(), want.input, want.weights,
+                                want.states);
         });
-    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0,
+    return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
                                 grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
                                 grad_if(want.weights && s[5].defined(), db_ih),
                                 grad_if(want.weights && s[6].defined(), db_hh), Tensor()});
@@ -216,9 +221,11 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = below_autograd([&] {
       return lstm_bwd().call(grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4],
                              s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10], s[11],
-                             ctx->saved_data["reverse"].toBool(), want.input, want.weights);
+                             ctx->saved_data["reverse"].toBool(), want.input, want.weights,
+                             want.states);
     });
-    return once_differentiable({grad_if(want.input, dx), Tensor(), dh0, dc0,
+    return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
+                                grad_if(want.states, dc0),
                                 grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
                                 grad_if(want.weights && s[6].defined(), db_ih),
                                 grad_if(want.weights && s[7].defined(), db_hh),

@@ -22,9 +22,10 @@
 // `workspace` when need_workspace is true (an empty tensor otherwise) that only the
 // same backend's *_layer_bwd reads. Bias gradients are always returned (shape
 // [G*H]); the autograd glue drops them when the layer has no bias. *_layer_bwd computes
-// grad_input only when need_grad_input, and the weight and bias gradients only when
-// need_grad_weights (autograd asks for what the graph needs: the input of a first layer
-// and frozen weights need none); what it skips comes back as an empty tensor.
+// grad_input only when need_grad_input, the weight and bias gradients only when
+// need_grad_weights, and grad_h0 (with grad_c0) only when need_grad_state (autograd asks
+// for what the graph needs: the input of a first layer, frozen weights and zero initial
+// states need none); what it skips comes back as an empty tensor.
 //
 // layer_stack runs a whole torch.nn-style stack (num_layers x directions, dropout between
 // layers) through the *_layer ops of whichever device the tensors live on; see
@@ -40,7 +41,7 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def("rnn_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
         "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, "
         "Tensor workspace, bool relu, bool reverse, bool need_grad_input, "
-        "bool need_grad_weights) "
+        "bool need_grad_weights, bool need_grad_state) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
@@ -51,7 +52,8 @@ TORCH_LIBRARY(fastrnn, m) {
         "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def("gru_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
         "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, "
-        "Tensor workspace, bool reverse, bool need_grad_input, bool need_grad_weights) "
+        "Tensor workspace, bool reverse, bool need_grad_input, bool need_grad_weights, "
+        "bool need_grad_state) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
@@ -64,7 +66,7 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def("lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
         "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor c_n, Tensor workspace, bool reverse, "
-        "bool need_grad_input, bool need_grad_weights) "
+        "bool need_grad_input, bool need_grad_weights, bool need_grad_state) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
         "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");
 

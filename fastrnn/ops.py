@@ -92,22 +92,24 @@ def _register_fakes():
 
     @torch.library.register_fake(lib + "rnn_layer_bwd")
     def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
-          workspace, relu, reverse, need_grad_input, need_grad_weights):
-        return (grad_result(need_grad_input, input), torch.empty_like(h0),
+          workspace, relu, reverse, need_grad_input, need_grad_weights, need_grad_state):
+        return (grad_result(need_grad_input, input), grad_result(need_grad_state, h0),
                 *weight_grads(need_grad_weights, w_ih, w_hh))
 
     @torch.library.register_fake(lib + "gru_layer_bwd")
     def _(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, output,
-          workspace, reverse, need_grad_input, need_grad_weights):
-        return (grad_result(need_grad_input, input), torch.empty_like(h0),
+          workspace, reverse, need_grad_input, need_grad_weights, need_grad_state):
+        return (grad_result(need_grad_input, input), grad_result(need_grad_state, h0),
                 *weight_grads(need_grad_weights, w_ih, w_hh))
 
     @torch.library.register_fake(lib + "lstm_layer_bwd")
     def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-          w_hr, output, c_n, workspace, reverse, need_grad_input, need_grad_weights):
+          w_hr, output, c_n, workspace, reverse, need_grad_input, need_grad_weights,
+          need_grad_state):
         grad_w_hr = grad_result(need_grad_weights, w_hr) if w_hr is not None \
             else w_hh.new_empty(0)
-        return (grad_result(need_grad_input, input), torch.empty_like(h0), torch.empty_like(c0),
+        return (grad_result(need_grad_input, input), grad_result(need_grad_state, h0),
+                grad_result(need_grad_state, c0),
                 *weight_grads(need_grad_weights, w_ih, w_hh), grad_w_hr)
 
 

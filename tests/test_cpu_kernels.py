@@ -211,7 +211,7 @@ def test_gradcheck(mode, packed, reverse):
 
 class KernelFlags(TorchDispatchMode):
     """Records the flags the kernels are asked for: need_workspace of every *_layer_fwd
-    call, (need_grad_input, need_grad_weights) of every *_layer_bwd call."""
+    call, (need_grad_input, need_grad_weights, need_grad_state) of every *_layer_bwd call."""
 
     def __init__(self):
         super().__init__()
@@ -221,7 +221,7 @@ class KernelFlags(TorchDispatchMode):
         if func.name().endswith("_layer_fwd"):
             self.workspaces.append(args[-1])
         if func.name().endswith("_layer_bwd"):
-            self.masks.append(tuple(args[-2:]))
+            self.masks.append(tuple(args[-3:]))
         return func(*args, **(kwargs or {}))
 
 
@@ -242,20 +242,23 @@ def test_workspace_only_for_a_graph(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
 @pytest.mark.parametrize("requiring,asked,mask", (
-    ("all but input", "all", (False, True)),         # a first layer: its input is data
-    ("input h0 c0", "all", (True, False)),           # frozen weights
-    ("h0 c0", "all", (False, False)),
-    ("all", "input", (True, False)),                 # torch.autograd.grad(inputs=...)
-    ("all", "w_ih", (False, True)),
-    ("all", "last weight", (False, True)),           # the last edge of the node
-), ids=("data-input", "frozen-weights", "states-only", "grad-of-input", "grad-of-w_ih",
-        "grad-of-last-weight"))
+    ("all but input", "all", (False, True, True)),   # a first layer: its input is data
+    ("input h0 c0", "all", (True, False, True)),     # frozen weights
+    ("h0 c0", "all", (False, False, True)),
+    ("all but states", "all", (True, True, False)),  # zero initial states, made for the call
+    ("all", "input", (True, False, False)),          # torch.autograd.grad(inputs=...)
+    ("all", "h0", (False, False, True)),
+    ("all", "w_ih", (False, True, False)),
+    ("all", "last weight", (False, True, False)),    # the last edge of the node
+), ids=("data-input", "frozen-weights", "states-only", "zero-states", "grad-of-input",
+        "grad-of-h0", "grad-of-w_ih", "grad-of-last-weight"))
 def test_backward_computes_only_wanted_gradients(mode, packed, requiring, asked, mask):
-    """The backward kernel is asked only for the input and weight gradients the graph
-    needs, and the ones it returns are bitwise those of a full backward."""
+    """The backward kernel is asked only for the input, state and weight gradients the
+    graph needs, and the ones it returns are bitwise those of a full backward."""
     case = make_case(mode, 4, 3, 5, 6, torch.float32, packed, False, True, 17)
     present = [n for n in GRAD_NAMES if case[n] is not None]
     names = {"all": present, "all but input": present[1:],
+             "all but states": [n for n in present if n not in ("h0", "c0")],
              "last weight": [n for n in present if n in WEIGHT_NAMES][-1:]}
     requiring = names.get(requiring, requiring.split())
     asked = names.get(asked, asked.split())
@@ -290,8 +293,9 @@ def kernel_calls(case):
                     c["w_hh"], c["b_ih"], c["b_hh"], output, ws]
         bwd_args += ([c["mode"] == "RNN_RELU"] if c["mode"] != "GRU" else []) + [c["reverse"]]
     return [(public, args), (fwd, args + [True]), (fwd, args + [False])] + [
-        (bwd, bwd_args + [need_input, need_weights])
-        for need_input, need_weights in ((True, True), (True, False), (False, True))]
+        (bwd, bwd_args + list(needs))
+        for needs in ((True, True, True), (True, False, False), (False, True, False),
+                      (False, False, True))]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -113,6 +113,12 @@ inline at::Tensor grad_result(bool wanted, at::IntArrayRef sizes,
   return wanted ? empty_large(sizes, options) : at::empty({0}, options);
 }
 
+// grad_h0 (or grad_c0) from the recurrent gradient buffer that ends holding it, shaped
+// like the state; an empty tensor when it was not asked for (need_grad_state).
+inline at::Tensor state_grad(bool wanted, const at::Tensor& buffer, const at::Tensor& state) {
+  return wanted ? buffer.view(state.sizes()) : at::empty({0}, buffer.options());
+}
+
 // The data a backward kernel writes a gradient into; null when it was not asked for,
 // which tells the kernel to skip that product.
 template <typename T>

@@ -103,11 +103,11 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
 }
 
 // dx, or dw_ih with dw_hh, db_ih and db_hh, null: that gradient is not wanted and not
-// computed.
+// computed; dh ends as grad_h0 when need_dh0.
 template <typename T>
 void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
-              const T* h0, const T* out, const T* ws, T* dout, T* dh, T* dx, T* dw_ih,
-              T* dw_hh, T* db_ih, T* db_hh, T* scratch) {
+              const T* h0, const T* out, const T* ws, T* dout, T* dh, bool need_dh0, T* dx,
+              T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch) {
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
   T* dgi = scratch;          // [S, 3H]
   T* dgh = dgi + S * GH;     // [S, 3H]
@@ -137,14 +137,16 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
         dbh_sums.add(r0, rows, dgh + off * GH, g * H + u0, ub);
       }
     });
-    // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh.
-    grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
-                       [&](int64_t r, int64_t p0, int64_t p1, T* o) {
-      const T* g = dout + (off + r) * H;
-      const T* z = ws + (off + r) * 4 * H + H;
-      for (int64_t p = p0; p < p1; ++p) o[p] = g[p] * z[p];
-      return true;
-    });
+    // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh. The
+    // first step's reaches only h0: skipped where grad_h0 is not wanted.
+    if (i > 0 || need_dh0)
+      grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
+                         [&](int64_t r, int64_t p0, int64_t p1, T* o) {
+        const T* g = dout + (off + r) * H;
+        const T* z = ws + (off + r) * 4 * H + H;
+        for (int64_t p = p0; p < p1; ++p) o[p] = g[p] * z[p];
+        return true;
+      });
   }
   if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
   if (dw_ih) {
@@ -192,7 +194,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
               const at::Tensor& output_, const at::Tensor& workspace, bool reverse,
-              bool need_grad_input, bool need_grad_weights) {
+              bool need_grad_input, bool need_grad_weights, bool need_grad_state) {
   const int64_t H = w_hh_.size(1);
   check_layer("gru_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, H);
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
@@ -207,7 +209,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H;
-  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
+  at::Tensor dh = grad_h_n.contiguous().clone();  // the gradient reaching each step's h
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, H}, input.options());
@@ -221,7 +223,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
                        ws.const_data_ptr<scalar_t>(), scratch.dout,
-                       dh.mutable_data_ptr<scalar_t>(),
+                       dh.mutable_data_ptr<scalar_t>(), need_grad_state,
                        data_if<scalar_t>(need_grad_input, dx),
                        data_if<scalar_t>(need_grad_weights, dw_ih),
                        data_if<scalar_t>(need_grad_weights, dw_hh),
@@ -229,7 +231,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                        data_if<scalar_t>(need_grad_weights, db_hh),
                        scratch.rest);
   });
-  return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db_ih, db_hh};
+  return {dx, state_grad(need_grad_state, dh, h0_), dw_ih, dw_hh, db_ih, db_hh};
 }
 
 }  // namespace

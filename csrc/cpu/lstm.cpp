@@ -122,12 +122,13 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
   gather_last(st, out, P, hn);
 }
 
-// dx, or dw_ih with dw_hh, db and dw_hr, null: that gradient is not wanted and not computed.
+// dx, or dw_ih with dw_hh, db and dw_hr, null: that gradient is not wanted and not computed;
+// dh and dc end as grad_h0 and grad_c0 (dh only when need_dh0).
 template <typename T, bool kProj>
 void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
               const T* w_hh, const T* w_hr, const T* h0, const T* c0, const T* out,
-              const T* ws, T* dout, T* dh, T* dc, T* dx, T* dw_ih, T* dw_hh, T* db, T* dw_hr,
-              T* scratch) {
+              const T* ws, T* dout, T* dh, T* dc, bool need_dh0, T* dx, T* dw_ih, T* dw_hh,
+              T* db, T* dw_hr, T* scratch) {
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
   T* dg = scratch;              // [S, 4H] gate pre-activation gradients (both sides)
   T* hprev = dg + S * GH;       // [S, P]
@@ -165,8 +166,10 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
       });
       for (int64_t g = 0; g < G; ++g) db_sums.add(r0, rows, dg + off * GH, g * H + u0, ub);
     });
-    grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
-                       [](int64_t, int64_t, int64_t, T*) { return false; });
+    // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
+    if (i > 0 || need_dh0)
+      grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
+                         [](int64_t, int64_t, int64_t, T*) { return false; });
   }
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
   if (dw_ih) {
@@ -232,7 +235,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                const std::optional<at::Tensor>& w_hr_, const at::Tensor& output_,
                const at::Tensor& c_n, const at::Tensor& workspace, bool reverse,
-               bool need_grad_input, bool need_grad_weights) {
+               bool need_grad_input, bool need_grad_weights, bool need_grad_state) {
   const bool proj = w_hr_.has_value() && w_hr_->defined();
   const int64_t H = w_hh_.size(0) / G, P = w_hh_.size(1);
   check_layer("lstm_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, G, H, P);
@@ -251,8 +254,9 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
-  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
-  at::Tensor dc = grad_c_n.contiguous().clone();  // ends as grad_c0
+  // The gradients reaching each step's h and c (grad_h0 and grad_c0 at the end).
+  at::Tensor dh = grad_h_n.contiguous().clone();
+  at::Tensor dc = grad_c_n.contiguous().clone();
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, P}, input.options());
@@ -269,14 +273,14 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
         w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,
         h0.const_data_ptr<T>(), c0.const_data_ptr<T>(), output.const_data_ptr<T>(),
         ws.const_data_ptr<T>(), scratch.dout, dh.mutable_data_ptr<T>(),
-        dc.mutable_data_ptr<T>(), data_if<T>(need_grad_input, dx),
+        dc.mutable_data_ptr<T>(), need_grad_state, data_if<T>(need_grad_input, dx),
         data_if<T>(need_grad_weights, dw_ih), data_if<T>(need_grad_weights, dw_hh),
         data_if<T>(need_grad_weights, db), data_if<T>(need_grad_weights && proj, dw_hr),
         scratch.rest);
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
-  return {dx, dh.view(h0_.sizes()), dc.view(c0_.sizes()), dw_ih, dw_hh, db, db.clone(),
-          dw_hr};
+  return {dx, state_grad(need_grad_state, dh, h0_), state_grad(need_grad_state, dc, c0_),
+          dw_ih, dw_hh, db, db.clone(), dw_hr};
 }
 
 }  // namespace

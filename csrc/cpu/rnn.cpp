@@ -63,11 +63,12 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
   gather_last(st, out, H, hn);
 }
 
-// dx, or dw_ih with dw_hh and db, null: that gradient is not wanted and not computed.
+// dx, or dw_ih with dw_hh and db, null: that gradient is not wanted and not computed; dh
+// ends as grad_h0 when need_dh0.
 template <typename T, bool kRelu>
 void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
-              const T* h0, const T* out, T* dout, T* dh, T* dx, T* dw_ih, T* dw_hh, T* db,
-              T* scratch) {
+              const T* h0, const T* out, T* dout, T* dh, bool need_dh0, T* dx, T* dw_ih,
+              T* dw_hh, T* db, T* scratch) {
   const int64_t S = st.S;
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
   T* hprev = dg + S * H;    // [S, H]
@@ -90,8 +91,10 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
       for (int64_t r0 = 0; r0 < bt; r0 += kRowTile)
         db_sums.add(r0, std::min(kRowTile, bt - r0), d, 0, H);
     }
-    grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
-                       [](int64_t, int64_t, int64_t, T*) { return false; });
+    // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
+    if (i > 0 || need_dh0)
+      grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
+                         [](int64_t, int64_t, int64_t, T*) { return false; });
   }
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
@@ -135,7 +138,8 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& h0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
               const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
               const at::Tensor& output_, const at::Tensor& workspace, bool relu,
-              bool reverse, bool need_grad_input, bool need_grad_weights) {
+              bool reverse, bool need_grad_input, bool need_grad_weights,
+              bool need_grad_state) {
   const int64_t H = w_hh_.size(1);
   check_layer("rnn_layer_bwd", input_, h0_, w_ih_, w_hh_, b_ih, b_hh, 1, H, H);
   const Steps st = make_steps(input_, batch_sizes, h0_, reverse);
@@ -146,7 +150,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
-  at::Tensor dh = grad_h_n.contiguous().clone();  // ends as grad_h0
+  at::Tensor dh = grad_h_n.contiguous().clone();  // the gradient reaching each step's h
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {H, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {H, H}, input.options());
@@ -159,12 +163,13 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
         output.const_data_ptr<scalar_t>(), scratch.dout,
-        dh.mutable_data_ptr<scalar_t>(), data_if<scalar_t>(need_grad_input, dx),
+        dh.mutable_data_ptr<scalar_t>(), need_grad_state,
+        data_if<scalar_t>(need_grad_input, dx),
         data_if<scalar_t>(need_grad_weights, dw_ih), data_if<scalar_t>(need_grad_weights, dw_hh),
         data_if<scalar_t>(need_grad_weights, db), scratch.rest);
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
-  return {dx, dh.view(h0_.sizes()), dw_ih, dw_hh, db, db.clone()};
+  return {dx, state_grad(need_grad_state, dh, h0_), dw_ih, dw_hh, db, db.clone()};
 }
 
 }  // namespace

@@ -22,10 +22,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_layer_bwd_cuda(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
     const c10::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
     const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh, const Tensor& output,
-    const Tensor& workspace, bool reverse, bool need_grad_input, bool need_grad_weights) {
+    const Tensor& workspace, bool reverse, bool need_grad_input, bool need_grad_weights,
+    bool need_grad_state) {
   const BwdResult r = layer_bwd<GruCell>("fastrnn::gru_layer_bwd", grad_output, grad_h_n, Tensor(), input,
                                          batch_sizes, h0, Tensor(), w_ih, w_hh, b_ih, b_hh, Tensor(), output,
-                                         workspace, reverse, need_grad_input, need_grad_weights);
+                                         workspace, reverse, need_grad_input, need_grad_weights,
+                                         need_grad_state);
   return {r.grad_input, r.grad_h0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh};
 }
 

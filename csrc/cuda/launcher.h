@@ -290,7 +290,7 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
                     const Tensor& w_ih, const Tensor& w_hh_, const c10::optional<Tensor>& b_ih,
                     const c10::optional<Tensor>& b_hh, const Tensor& w_hr, const Tensor& output,
                     const Tensor& workspace, bool reverse, bool need_grad_input,
-                    bool need_grad_weights) {
+                    bool need_grad_weights, bool need_grad_state) {
   const Steps st = make_steps(input, batch_sizes);
   check_layer(op, Cell::G, input, st, h0_, c0_, w_ih, w_hh_, b_ih, b_hh, w_hr);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -427,6 +427,12 @@ BwdResult layer_bwd(const char* op, const Tensor& grad_output, const Tensor& gra
   for (Tensor* g : {&r.grad_input, &r.grad_w_ih, &r.grad_w_hh, &r.grad_b_ih, &r.grad_b_hh,
                     &r.grad_w_hr})
     if (!g->defined()) *g = at::empty({0}, opts);
+  // The states' gradients are computed whether asked for or not (the recurrence carries
+  // them); not asked for, they come back empty as well.
+  if (!need_grad_state) {
+    r.grad_h0 = at::empty({0}, opts);
+    if (Cell::HAS_C) r.grad_c0 = at::empty({0}, opts);
+  }
   return r;
 }
 

@@ -27,10 +27,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const c10::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
     const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
     const c10::optional<Tensor>& w_hr, const Tensor& output, const Tensor& /*c_n*/, const Tensor& workspace,
-    bool reverse, bool need_grad_input, bool need_grad_weights) {
+    bool reverse, bool need_grad_input, bool need_grad_weights, bool need_grad_state) {
   const BwdResult r = layer_bwd<LstmCell>("fastrnn::lstm_layer_bwd", grad_output, grad_h_n, grad_c_n, input,
                                           batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, opt(w_hr), output,
-                                          workspace, reverse, need_grad_input, need_grad_weights);
+                                          workspace, reverse, need_grad_input, need_grad_weights,
+                                          need_grad_state);
   return {r.grad_input, r.grad_h0, r.grad_c0, r.grad_w_ih, r.grad_w_hh, r.grad_b_ih, r.grad_b_hh, r.grad_w_hr};
 }
 
