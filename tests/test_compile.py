@@ -36,3 +36,21 @@ def test_fullgraph_compile_matches_eager(backend, device, layer_class):
     torch._dynamo.reset()
     for actual, expected in zip(loss_and_grads(compiled), loss_and_grads(model)):
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer_class", [fastrnn.FusedGRU, fastrnn.FusedLSTM])
+def test_compiled_single_layer_final_states_are_not_views(backend, device, layer_class):
+    """csrc/stack.cpp hands a single layer's final states out without a copy; under
+    torch.compile they must still be tensors of their own, as eager's are, since users
+    (the seeds among them) call hidden.detach_(), which views refuse."""
+    skip_untraceable(backend)
+    layer = layer_class(3, 4, backend=backend).to(device)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(5, 2, 3, device=device)
+    torch._dynamo.reset()
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            _, hidden = compiled(x)
+        for state in hidden if isinstance(hidden, tuple) else (hidden,):
+            assert state._base is None
+            state.detach_()
