@@ -70,8 +70,8 @@ const auto& lstm_bwd() {
   static const auto& op = op_handle<Tensor8(
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
       const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-      const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-      bool, bool, bool, bool)>("fastrnn::lstm_layer_bwd");
+      const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, bool, bool, bool,
+      bool)>("fastrnn::lstm_layer_bwd");
   return op;
 }
 
@@ -210,7 +210,7 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
                                                   b_ih, b_hh, w_hr, reverse, true);
     ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), h0, c0, w_ih, w_hh,
                             b_ih.value_or(Tensor()), b_hh.value_or(Tensor()),
-                            w_hr.value_or(Tensor()), output, c_n, ws});
+                            w_hr.value_or(Tensor()), output, ws});
     ctx->saved_data["reverse"] = reverse;
     return {output, h_n, c_n};
   }
@@ -220,7 +220,7 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
     const GradsWanted want = grads_wanted(ctx, s, 4, 5);
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = below_autograd([&] {
       return lstm_bwd().call(grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4],
-                             s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10], s[11],
+                             s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10],
                              ctx->saved_data["reverse"].toBool(), want.input, want.weights,
                              want.states);
     });

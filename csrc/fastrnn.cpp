@@ -65,7 +65,7 @@ TORCH_LIBRARY(fastrnn, m) {
         "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def("lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
         "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-        "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor c_n, Tensor workspace, bool reverse, "
+        "Tensor? b_hh, Tensor? w_hr, Tensor output, Tensor workspace, bool reverse, "
         "bool need_grad_input, bool need_grad_weights, bool need_grad_state) "
         "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
         "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_w_hr)");

@@ -113,10 +113,10 @@ void check_input_and_weights(const Tensor& input, bool packed, at::TensorList we
 // would then go unnoticed). at::stack, a copy, is both. A single state is handed out as
 // _unsafe_view instead: a new tensor, not a view, with its own version counter, on the
 // state's memory, which saves the copy (~0.7 us of a ~7 us call at the sine-wave shape).
-// That is safe for h_n, which the layer ops return fresh and their autograd never saves;
-// it saves c_n, so `saved_by_autograd` says when it may have.
-Tensor final_states(const std::vector<Tensor>& states, bool saved_by_autograd) {
-  if (states.size() != 1 || saved_by_autograd) return at::stack(states);
+// That is safe because the layer ops return h_n and c_n fresh and their autograd saves
+// neither (csrc/autograd.cpp).
+Tensor final_states(const std::vector<Tensor>& states) {
+  if (states.size() != 1) return at::stack(states);
   const Tensor& state = states[0];
   return at::_unsafe_view_symint(state, {1, state.sym_size(0), state.sym_size(1)});
 }
@@ -166,11 +166,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
     if (dropout > 0 && train && layer + 1 < num_layers)
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
   }
-  // c_n is saved only where a graph is recorded, which needs grad mode.
   return {batch_first && !packed ? layer_input.transpose(0, 1) : layer_input,
-          final_states(h_n, false),
-          is_lstm ? final_states(c_n, at::GradMode::is_enabled())
-                  : at::empty({0}, input.options())};
+          final_states(h_n), is_lstm ? final_states(c_n) : at::empty({0}, input.options())};
 }
 
 }  // namespace

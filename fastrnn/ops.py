@@ -104,7 +104,7 @@ def _register_fakes():
 
     @torch.library.register_fake(lib + "lstm_layer_bwd")
     def _(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-          w_hr, output, c_n, workspace, reverse, need_grad_input, need_grad_weights,
+          w_hr, output, workspace, reverse, need_grad_input, need_grad_weights,
           need_grad_state):
         grad_w_hr = grad_result(need_grad_weights, w_hr) if w_hr is not None \
             else w_hh.new_empty(0)

@@ -286,7 +286,7 @@ def kernel_calls(case):
         output, h_n, c_n, ws = fwd_out
         bwd_args = [like(output), like(h_n), like(c_n), c["input"], c["batch_sizes"], c["h0"],
                     c["c0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c["w_hr"], output,
-                    c_n, ws, c["reverse"]]
+                    ws, c["reverse"]]
     else:
         output, h_n, ws = fwd_out
         bwd_args = [like(output), like(h_n), c["input"], c["batch_sizes"], c["h0"], c["w_ih"],

@@ -234,7 +234,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                const at::Tensor& c0_, const at::Tensor& w_ih_, const at::Tensor& w_hh_,
                const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
                const std::optional<at::Tensor>& w_hr_, const at::Tensor& output_,
-               const at::Tensor& c_n, const at::Tensor& workspace, bool reverse,
+               const at::Tensor& workspace, bool reverse,
                bool need_grad_input, bool need_grad_weights, bool need_grad_state) {
   const bool proj = w_hr_.has_value() && w_hr_->defined();
   const int64_t H = w_hh_.size(0) / G, P = w_hh_.size(1);

@@ -26,7 +26,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
     const c10::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
     const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
-    const c10::optional<Tensor>& w_hr, const Tensor& output, const Tensor& /*c_n*/, const Tensor& workspace,
+    const c10::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
     bool reverse, bool need_grad_input, bool need_grad_weights, bool need_grad_state) {
   const BwdResult r = layer_bwd<LstmCell>("fastrnn::lstm_layer_bwd", grad_output, grad_h_n, grad_c_n, input,
                                           batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, opt(w_hr), output,
