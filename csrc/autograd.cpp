@@ -12,7 +12,11 @@
 //     takes the same path; otherwise a torch::autograd::Function runs *_fwd with
 //     need_workspace=true and its backward calls *_bwd (undefined incoming gradients
 //     become zeros; no gradient for batch_sizes, flags, or absent biases / w_hr), asking
-//     only for the input and weight gradients the graph needs (grads_wanted).
+//     only for the input, state and weight gradients the graph needs (grads_wanted).
+//
+// The Functions never save the final states h_n and c_n: csrc/stack.cpp hands a single
+// layer's final states to the user as _unsafe_view (own version counter, same memory), so
+// an in-place change by the user would go unnoticed by a saved copy of them.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
