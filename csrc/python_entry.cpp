@@ -2,26 +2,26 @@
 // TORCH_LIBRARY registration linked into it (csrc/fastrnn.cpp and the kernels).
 //
 // It exports the public ops (rnn_layer, gru_layer, lstm_layer, layer_stack) as plain
-// functions that call them through their typed dispatcher handles. torch.ops converts every
+// functions that call them through their typed dispatcher handles, and the modules' forward
+// for plain calls (plain_forward, csrc/plain_forward.cpp). torch.ops converts every
 // argument to a boxed IValue and back, which at the sine-wave shape is ~3 us of an ~11 us
 // layer_stack call; the typed call goes through the same dispatcher (autograd, autocast,
 // profiler, dispatch modes and fake tensors all see the op), so only the Python-side
 // conversion is saved. What these functions do not do is torch.ops' __torch_function__
-// handling and Dynamo tracing: fastrnn/ops.py calls them only outside torch.compile and
-// when no argument or mode overrides torch functions.
+// handling and Dynamo tracing: they are called only outside torch.compile and when no
+// argument or mode overrides torch functions (fastrnn/ops.py checks that for the ops,
+// plain_forward for itself).
 #include <torch/extension.h>
 
 #include <type_traits>
 
 #include "op_handle.h"
+#include "plain_forward.h"
 
 namespace fastrnn {
 namespace {
 
 using at::Tensor;
-using LayerStackSig = std::tuple<Tensor, Tensor, Tensor>(
-    c10::string_view, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-    at::TensorList, int64_t, bool, bool, bool, bool, double, bool);
 
 // The Python arguments arrive as owned values (pybind11 casts to these types), which the
 // handle's const-reference parameters then borrow for the call. torch.ops releases the GIL
@@ -39,9 +39,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
     const OptTensor& h0, const OptTensor& c0, const std::vector<Tensor>& weights,
     int64_t num_layers, bool bidirectional, bool batch_first, bool has_bias, bool has_proj,
     double dropout, bool train) {
-  static const auto& op = op_handle<LayerStackSig>("fastrnn::layer_stack");
-  return op.call(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
-                 batch_first, has_bias, has_proj, dropout, train);
+  return layer_stack_op().call(mode, input, batch_sizes, h0, c0, weights, num_layers,
+                               bidirectional, batch_first, has_bias, has_proj, dropout, train);
 }
 
 }  // namespace
@@ -53,4 +52,5 @@ PYBIND11_MODULE(_C, m) {
   fastrnn::def_layer_op(m, "lstm_layer", fastrnn::lstm_layer_op());
   m.def("layer_stack", &fastrnn::layer_stack,
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  fastrnn::def_plain_forward(m);
 }

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from fastrnn import autocast, backends, stack
+from fastrnn import autocast, backends, ops, stack
 
 # Dynamo refuses every isinstance(module, (nn.RNN, nn.GRU, nn.LSTM)) unless allow_rnn is
 # set, which our subclasses cannot dodge; torch.export sets the same flag for itself.
@@ -98,6 +98,12 @@ class _FusedLayer:
         if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
             return autocast.call(self._forward, self.mode, input, hx,
                                  self._current_flat_weights()[0], self.proj_size > 0)
+        # The plain call in C++ (csrc/plain_forward.cpp); None for anything else. Dynamo
+        # traces the Python forward below instead.
+        if ops.plain_forward is not None and not torch.compiler.is_compiling():
+            result = ops.plain_forward(self, input, hx, backends.layer_for, ops.layer)
+            if result is not None:
+                return result
         return self._forward(input, hx)
 
     def _forward(self, input, hx=None):

@@ -139,6 +139,10 @@ def _entry(tensors):
     return _C
 
 
+# FusedRNN/GRU/LSTM.forward's plain call (csrc/plain_forward.cpp), None without the library.
+plain_forward = _C.plain_forward if LOAD_ERROR is None else None
+
+
 def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
                 batch_first, has_bias, has_proj, dropout, train):
     """The whole layer stack in one op call (csrc/stack.cpp); fastrnn/stack.py uses it for

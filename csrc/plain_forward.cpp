@@ -1,0 +1,204 @@
+// fastrnn._C.plain_forward: FusedRNN / FusedGRU / FusedLSTM.forward for the plain call, in
+// C++: a 3-D Tensor input, and hx either None or states of exactly the shape, dtype and
+// device torch.nn expects.
+//
+// Why: at the sine-wave shape (B=1, T=20, H=16) the layer stack runs in ~6 us, and the
+// Python of the module's forward (torch.nn's argument checks, the backend choice, the call
+// into layer_stack) took ~3 us more. Here the same checks read the module's attributes and
+// compare sizes in C++, then call layer_stack through its typed dispatcher handle, as
+// fastrnn._C.layer_stack does (csrc/python_entry.cpp).
+//
+// Every call that is not plain gets None back, with nothing done: packed or 2-D input, a
+// size, dtype or device that does not match, an empty batch or sequence, a weight swapped
+// behind RNNBase.__setattr__'s back, an argument or mode that overrides torch functions, a
+// backend other than the compiled one. fastrnn/modules.py then runs its Python forward,
+// which raises torch.nn's errors or takes the other paths; so this file raises no error of
+// its own. The caller deals with autocast and torch.compile (which must never see this
+// function) before calling it.
+#include "plain_forward.h"
+
+#include <torch/csrc/Device.h>
+#include <torch/csrc/DynamicTypes.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "op_handle.h"
+
+namespace fastrnn {
+namespace {
+
+namespace py = pybind11;
+using at::Tensor;
+
+// The Python objects this file looks up, made once and never freed (freeing them at exit
+// could run after the interpreter has gone). The attribute names are interned: a name made
+// per call is hashed and compared per call, which cost ~1 us over the ~15 attribute reads.
+struct PythonNames {
+  static PyObject* intern(const char* name) { return PyUnicode_InternFromString(name); }
+
+  PyObject* torch_function = intern("__torch_function__");
+  PyObject* disabled_torch_function =
+      py::object(py::module_::import("torch._C").attr("_disabled_torch_function_impl"))
+          .release()
+          .ptr();
+  PyObject *flat_weights = intern("_flat_weights"),
+           *flat_weights_names = intern("_flat_weights_names"),
+           *parameters = intern("_parameters"), *batch_first = intern("batch_first"),
+           *input_size = intern("input_size"), *mode = intern("mode"),
+           *num_layers = intern("num_layers"), *bidirectional = intern("bidirectional"),
+           *hidden_size = intern("hidden_size"), *proj_size = intern("proj_size"),
+           *backend = intern("backend"), *bias = intern("bias"), *dropout = intern("dropout"),
+           *training = intern("training");
+};
+const PythonNames& names() {
+  static const PythonNames* const instance = new PythonNames();
+  return *instance;
+}
+
+py::object attr(py::handle obj, PyObject* name) {
+  PyObject* value = PyObject_GetAttr(obj.ptr(), name);
+  if (value == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// Whether torch functions are overridden for `obj`, as torch._C._has_torch_function tests
+// it (its C++ is not exported): a torch function mode is active, or obj's class has a
+// __torch_function__ other than the disabled one (which nn.Parameter has).
+bool overrides_torch_functions(py::handle obj) {
+  if (at::impl::torch_function_mode_enabled()) return true;
+  if (THPVariable_CheckExact(obj.ptr())) return false;
+  PyObject* impl = PyObject_GetAttr(obj.ptr(), names().torch_function);
+  if (impl == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  Py_DECREF(impl);  // only its identity is compared
+  return impl != names().disabled_torch_function;
+}
+
+// The Tensor `obj` holds, when it is a Tensor that overrides no torch function.
+std::optional<Tensor> plain_tensor(py::handle obj) {
+  if (!THPVariable_Check(obj.ptr()) || overrides_torch_functions(obj)) return std::nullopt;
+  return THPVariable_Unpack(obj.ptr());
+}
+
+bool same_kind(const Tensor& t, const Tensor& input) {
+  return t.scalar_type() == input.scalar_type() && t.device() == input.device();
+}
+
+// A state of exactly `sizes` with the input's dtype and device.
+std::optional<Tensor> plain_state(py::handle obj, const Tensor& input,
+                                  std::initializer_list<int64_t> sizes) {
+  auto state = plain_tensor(obj);
+  if (!state || state->sizes() != at::IntArrayRef(sizes) || !same_kind(*state, input))
+    return std::nullopt;
+  return state;
+}
+
+// (h0, c0) from a non-None hx: the Tensor h0 for RNN and GRU, the pair (h0, c0) for LSTM.
+std::optional<std::pair<OptTensor, OptTensor>> plain_states(py::handle hx, bool is_lstm,
+                                                            const Tensor& input, int64_t states,
+                                                            int64_t batch, int64_t state_width,
+                                                            int64_t hidden_size) {
+  if (!is_lstm) {
+    auto h0 = plain_state(hx, input, {states, batch, state_width});
+    if (!h0) return std::nullopt;
+    return std::make_pair(OptTensor(std::move(h0)), OptTensor());
+  }
+  if (!PyTuple_Check(hx.ptr()) && !PyList_Check(hx.ptr())) return std::nullopt;
+  const auto pair = py::reinterpret_borrow<py::sequence>(hx);
+  if (pair.size() != 2) return std::nullopt;
+  auto h0 = plain_state(pair[0], input, {states, batch, state_width});
+  auto c0 = plain_state(pair[1], input, {states, batch, hidden_size});
+  if (!h0 || !c0) return std::nullopt;
+  return std::make_pair(OptTensor(std::move(h0)), OptTensor(std::move(c0)));
+}
+
+// The module's parameters in RNNBase._flat_weights order, when that list still holds the
+// registered parameters (what _current_flat_weights in fastrnn/modules.py checks).
+std::optional<std::vector<Tensor>> current_flat_weights(py::handle module) {
+  const py::list weights = attr(module, names().flat_weights);
+  const py::list weight_names = attr(module, names().flat_weights_names);
+  const py::dict parameters = attr(module, names().parameters);
+  if (weights.empty() || weights.size() != weight_names.size()) return std::nullopt;
+  std::vector<Tensor> tensors;
+  tensors.reserve(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) {
+    PyObject* registered = PyDict_GetItemWithError(parameters.ptr(), weight_names[i].ptr());
+    if (registered == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    if (registered != weights[i].ptr()) return std::nullopt;
+    auto tensor = plain_tensor(weights[i]);
+    if (!tensor) return std::nullopt;
+    tensors.push_back(std::move(*tensor));
+  }
+  return tensors;
+}
+
+// layer_for(backend, device, dtype): the module's `layer` function for the input's tensors.
+py::object chosen_layer(py::handle module, const Tensor& input, py::handle layer_for) {
+  const auto device = py::reinterpret_steal<py::object>(THPDevice_New(input.device()));
+  if (!device) throw py::error_already_set();
+  const py::handle dtype(reinterpret_cast<PyObject*>(torch::getTHPDtype(input.scalar_type())));
+  return layer_for(attr(module, names().backend), device, dtype);
+}
+
+// module(input, hx): (output, h_n), or (output, (h_n, c_n)) for LSTM; None for a call that
+// is not plain. layer_for and compiled_layer are fastrnn.backends.layer_for and
+// fastrnn.ops.layer, looked up by the caller on each call (tests replace layer_for).
+py::object plain_forward(py::handle module, py::handle input_obj, py::handle hx,
+                         py::handle layer_for, py::handle compiled_layer) {
+  const auto input = plain_tensor(input_obj);
+  if (!input || input->dim() != 3) return py::none();
+  auto weights = current_flat_weights(module);
+  if (!weights || !same_kind(weights->front(), *input)) return py::none();
+
+  const bool batch_first = attr(module, names().batch_first).cast<bool>();
+  const int64_t batch = input->size(batch_first ? 0 : 1);
+  const int64_t steps = input->size(batch_first ? 1 : 0);
+  const int64_t input_size = attr(module, names().input_size).cast<int64_t>();
+  if (batch == 0 || steps == 0 || input->size(2) != input_size) return py::none();
+
+  const auto mode = attr(module, names().mode).cast<std::string>();
+  const bool is_lstm = mode == "LSTM";
+  const auto num_layers = attr(module, names().num_layers).cast<int64_t>();
+  const bool bidirectional = attr(module, names().bidirectional).cast<bool>();
+  const auto proj_size = attr(module, names().proj_size).cast<int64_t>();
+  OptTensor h0, c0;
+  if (!hx.is_none()) {
+    const auto hidden_size = attr(module, names().hidden_size).cast<int64_t>();
+    auto given = plain_states(hx, is_lstm, *input, num_layers * (bidirectional ? 2 : 1), batch,
+                              proj_size > 0 ? proj_size : hidden_size, hidden_size);
+    if (!given) return py::none();
+    std::tie(h0, c0) = std::move(*given);
+  }
+  // After the checks, as in _forward: a call that is wrong and also names a backend that
+  // cannot run it raises the check's error there, not the backend's here.
+  if (!chosen_layer(module, *input, layer_for).is(compiled_layer)) return py::none();
+
+  const bool has_bias = attr(module, names().bias).cast<bool>();
+  const auto dropout = attr(module, names().dropout).cast<double>();
+  const bool training = attr(module, names().training).cast<bool>();
+  std::tuple<Tensor, Tensor, Tensor> result;
+  {
+    py::gil_scoped_release no_gil;  // as torch.ops and fastrnn._C.layer_stack do
+    result = layer_stack_op().call(mode, *input, std::nullopt, h0, c0, *weights, num_layers,
+                                   bidirectional, batch_first, has_bias, proj_size > 0,
+                                   dropout, training);
+  }
+  auto& [output, h_n, c_n] = result;
+  if (is_lstm) return py::make_tuple(output, py::make_tuple(h_n, c_n));
+  return py::make_tuple(output, h_n);
+}
+
+}  // namespace
+
+void def_plain_forward(py::module_& m) {
+  m.def("plain_forward", &plain_forward, py::arg("module"), py::arg("input"), py::arg("hx"),
+        py::arg("layer_for"), py::arg("compiled_layer"));
+}
+
+}  // namespace fastrnn
