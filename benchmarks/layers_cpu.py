@@ -99,7 +99,8 @@ def padded_rows(args, threads):
 def packed_rows(args, threads):
     """Packed lengths uniform in [1, T] against padded [B, S/B] (same token count)."""
     B, T, I, H, reps = 64, 100, 128, 128, 3 if args.quick else 21
-    lengths = sorted((random.Random(0).randint(1, T) for _ in range(B)), reverse=True)
+    rng = random.Random(0)
+    lengths = sorted((rng.randint(1, T) for _ in range(B)), reverse=True)
     tokens = sum(lengths)
     packed = pack_padded_sequence(torch.randn(B, T, I), torch.tensor(lengths),
                                   batch_first=True)

@@ -39,7 +39,8 @@ def make_case(mode, T, N, C, H, dtype, packed, reverse, bias, seed):
     G = GATES[mode]
     P = max(1, H // 2) if mode == "LSTM_PROJ" else H
     if packed:
-        lengths = sorted((random.Random(seed).randint(1, T) for _ in range(N)), reverse=True)
+        rng = random.Random(seed)  # one generator: a fresh one per draw repeats one length
+        lengths = sorted((rng.randint(1, T) for _ in range(N)), reverse=True)
         lengths[0] = T
         batch_sizes = torch.tensor([sum(L > t for L in lengths) for t in range(T)])
         x = randn(int(batch_sizes.sum()), C)
