@@ -3,7 +3,8 @@
 Each subclasses its torch.nn twin, so construction, parameters, initialisation, repr and
 state_dict are torch.nn's own; only forward changes: it checks the call as torch.nn does
 (same messages, same exception types where torch.nn raises on purpose), then runs the
-layer stack on the chosen backend instead of ATen's per-step loop.
+layer stack on the chosen backend instead of ATen's per-step loop. A layer's plain calls
+make those checks in C++ (csrc/plain_forward.cpp), and the rest here.
 """
 import operator
 
