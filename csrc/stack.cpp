@@ -85,14 +85,16 @@ Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& time
   return *state;
 }
 
-// Layer-direction `index`'s initial state: its row of `states` (from checked_states), or
-// zeros [N, width] made for it alone, since selecting a row of a [L*D, N, width] zeros
-// tensor costs as much again at the sine-wave shape.
-Tensor initial_state(const Tensor& states, int64_t index, const Tensor& time_major,
-                     int64_t width) {
-  if (states.defined()) return states[index];
+// Zeros [N, width], the initial state of layer-directions given none.
+Tensor zero_state(const Tensor& time_major, int64_t width) {
   // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
   return at::zeros_symint({time_major.sym_size(1), width}, time_major.options());
+}
+
+// Layer-direction `index`'s initial state: its row of `states` (from checked_states), or
+// `zeros` when no states were given.
+Tensor initial_state(const Tensor& states, int64_t index, const Tensor& zeros) {
+  return states.defined() ? states[index] : zeros;
 }
 
 // Input [T,N,C] (or [N,T,C]) padded, [S,C] packed; every weight of its dtype and device.
@@ -144,6 +146,15 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
   const int64_t state_width = weights[1].size(1);
   const Tensor h0 = checked_states(h0_, states, time_major, state_width, "h0");
   const Tensor c0 = is_lstm ? checked_states(c0_, states, time_major, hidden, "c0") : Tensor();
+  // One zeros tensor per width, read by every layer-direction that starts from zeros (no
+  // backend writes its initial states), rather than one per layer-direction and state: an
+  // LSTM module call at the sine-wave shape went from ~11.6 to ~10.6 us (one thread,
+  // no_grad, ad hoc). Rows of a [L*D, N, width] zeros tensor would cost a select each.
+  const Tensor h_zeros = h0.defined() ? Tensor() : zero_state(time_major, state_width);
+  Tensor c_zeros;
+  if (is_lstm && !c0.defined())
+    c_zeros = h_zeros.defined() && hidden == state_width ? h_zeros
+                                                         : zero_state(time_major, hidden);
 
   std::vector<Tensor> h_n, c_n;
   h_n.reserve(states);
@@ -155,8 +166,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
       const int64_t index = layer * directions + direction;
       auto [output, h, c] =
           run_layer(cell, layer_input, batch_sizes,
-                    initial_state(h0, index, time_major, state_width),
-                    is_lstm ? initial_state(c0, index, time_major, hidden) : Tensor(),
+                    initial_state(h0, index, h_zeros),
+                    is_lstm ? initial_state(c0, index, c_zeros) : Tensor(),
                     weights.slice(index * stride, stride), has_bias, has_proj, direction == 1);
       outputs[direction] = output;
       h_n.push_back(h);
