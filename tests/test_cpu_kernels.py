@@ -103,11 +103,32 @@ def reference_layer(case):
     return reference.layer(**case)
 
 
-def assert_close(actual, expected, dtype, what):
+def max_error(actual, expected):
+    return (actual.double() - expected).abs().max().item() if expected.numel() else 0.0
+
+
+def assert_close(actual, expected, dtype, what, own_error=0.0):
+    """actual (computed in dtype) against the float64 expected, within TOLERANCE[dtype].
+    own_error: what the reference itself loses when run in dtype. Where that alone breaks
+    the tolerance, the case is ill-conditioned in dtype and up to twice that error is
+    allowed on top: a float32 pre-activation that rounds across zero flips a relu's
+    derivative in any implementation (CI met one: RNN_RELU, seed 232332550, 0.085 off in
+    float32 for the reference and the kernel alike). Elsewhere the tolerance is unchanged."""
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    err = max_error(actual, expected)
+    allowed = TOLERANCE[dtype] * scale
+    if own_error > allowed:
+        allowed += 2 * own_error
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert err <= TOLERANCE[dtype] * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+    assert err <= allowed, \
+        f"{what}: max error {err:.3g} (scale {scale:.3g}, the reference's own {own_error:.3g})"
+
+
+def assert_close_all(actual, expected, own, dtype, what):
+    """assert_close for each of the lists actual and expected, own being the reference's
+    results in dtype."""
+    for i, (a, e, o) in enumerate(zip(actual, expected, own)):
+        assert_close(a, e, dtype, f"{what} {i}", own_error=max_error(o, e))
 
 
 def cases(limit_sizes=SIZES):
@@ -131,10 +152,9 @@ def test_matches_reference(mode, size, packed, reverse, bias, dtype):
     low = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
            for k, v in case.items()}
     out, grads = run_with_grads(fastrnn_layer, low, seed)
-    for i, (a, e) in enumerate(zip(out, ref_out)):
-        assert_close(a.double(), e, dtype, f"output {i} (seed {seed})")
-    for i, (a, e) in enumerate(zip(grads, ref_grads)):
-        assert_close(a.double(), e, dtype, f"gradient {i} (seed {seed})")
+    own_out, own_grads = run_with_grads(reference_layer, low, seed)
+    assert_close_all(out, ref_out, own_out, dtype, f"(seed {seed}) output")
+    assert_close_all(grads, ref_grads, own_grads, dtype, f"(seed {seed}) gradient")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -184,16 +204,18 @@ def test_strided_padded_input(mode, size, reverse, dtype):
     ref_out, ref_grads = run_with_grads(reference_layer, case, seed)
     # run_with_grads clones the input, and clone keeps a transposed view's strides.
     out, grads = run_with_grads(fastrnn_layer, dict(low, input=batch_first_view), seed)
-    for i, (a, e) in enumerate(zip(out + grads, ref_out + ref_grads)):
-        assert_close(a.double(), e, dtype, f"result {i} of the transposed view (seed {seed})")
+    own_out, own_grads = run_with_grads(reference_layer, low, seed)
+    assert_close_all(out + grads, ref_out + ref_grads, own_out + own_grads, dtype,
+                     f"(seed {seed}) transposed view, result")
 
     expanded = low["input"][:, :1].expand(low["input"].shape)
     with torch.no_grad():
         out = [o for o in fastrnn_layer(dict(low, input=expanded)) if o is not None]
         ref_out = [o for o in reference_layer(dict(case, input=expanded.double().contiguous()))
                    if o is not None]
-    for i, (a, e) in enumerate(zip(out, ref_out)):
-        assert_close(a.double(), e, dtype, f"output {i} of the expanded input (seed {seed})")
+        own_out = [o for o in reference_layer(dict(low, input=expanded.contiguous()))
+                   if o is not None]
+    assert_close_all(out, ref_out, own_out, dtype, f"(seed {seed}) expanded input, output")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -308,6 +330,34 @@ def test_opcheck(mode, packed):
             args = [a.clone().requires_grad_(True)
                     if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
         torch.library.opcheck(op, args)
+
+
+def grad_output_layouts(g):
+    """{name: a gradient in that layout}, holding g's values except "expanded", which
+    holds g's first element everywhere. Autograd hands a batch_first output's gradient over
+    transposed and output.sum()'s expanded; the ops check only the element count, so a
+    flat or float64 gradient must read the same too."""
+    every_other = torch.empty(*g.shape[:-1], 2 * g.shape[-1], dtype=g.dtype)[..., ::2]
+    every_other.copy_(g)
+    layouts = {"contiguous": g, "columns_strided": every_other, "flat": g.reshape(-1),
+               "float64": g.double(),
+               "expanded": g.reshape(-1)[:1].reshape([1] * g.dim()).expand(g.shape)}
+    if g.dim() == 3:
+        layouts["transposed"] = g.transpose(0, 1).contiguous().transpose(0, 1)
+    return layouts
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+def test_backward_reads_grad_output_in_any_layout(mode, packed):
+    case = make_case(mode, 5, 3, 4, 6, torch.float32, packed, packed, True, 23)
+    bwd, args = kernel_calls(case)[3]  # every gradient wanted
+    for name, g in grad_output_layouts(args[0]).items():
+        assert g.is_contiguous() == (name in ("contiguous", "flat", "float64")), name
+        expected = bwd(g.to(args[0].dtype).contiguous(), *args[1:])
+        actual = bwd(g, *args[1:])
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert torch.equal(a, e), f"{name} grad_output: result {index} differs"
 
 
 def all_results(mode, size, packed, reverse):
