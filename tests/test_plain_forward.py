@@ -11,6 +11,8 @@ from torch.overrides import TorchFunctionMode
 import fastrnn
 from fastrnn import modules, ops
 
+from test_layer_stack import initial_state
+
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason="fastrnn._C not built")
 
 CASES = {  # id: (fused class, constructor kwargs)
@@ -29,12 +31,6 @@ def make_module(case, batch_first=False, dtype=torch.float64):
     cls, kwargs = CASES[case]
     torch.manual_seed(0)
     return cls(C, H, batch_first=batch_first, dtype=dtype, backend="cpu", **kwargs)
-
-
-def make_hx(module, dtype=torch.float64):
-    states = module.num_layers * (2 if module.bidirectional else 1)
-    h = torch.randn(states, N, module.proj_size or H, dtype=dtype)
-    return (h, torch.randn(states, N, H, dtype=dtype)) if module.mode == "LSTM" else h
 
 
 def leaves(tensors):
@@ -82,7 +78,7 @@ def test_plain_calls_match_the_python_forward(case, batch_first, given_state, st
     shape = (N, T, C) if batch_first else (T, N, C)
     x = torch.randn(*shape, 2, dtype=torch.float64)[..., 0] if strided else \
         torch.randn(*shape, dtype=torch.float64)
-    hx = make_hx(module) if given_state else None
+    hx = initial_state(module, N) if given_state else None
     expected = results_and_grads(python_forward, module, x, hx)
     refuse_python_forward(monkeypatch)
     actual = results_and_grads(module_call, module, x, hx)
@@ -163,7 +159,7 @@ def outcome(call, case):
     module = make_module(case)
     torch.manual_seed(3)
     x = torch.randn(T, N, C, dtype=torch.float64)
-    hx = make_hx(module)
+    hx = initial_state(module, N)
     torch.manual_seed(4)
     try:
         output, hidden = call(module, x, hx)
