@@ -2,6 +2,7 @@
 helpers, and JSON + markdown writers. Device-agnostic: GPU scripts pass a `sync`
 callable (torch.cuda.synchronize) so host timers measure finished work.
 """
+import ctypes
 import datetime
 import json
 import os
@@ -23,9 +24,38 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def machine_header(device="cpu", threads=None):
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def settle_allocator():
+    """Puts glibc's malloc in the state where it reuses freed memory for large tensors,
+    and returns a line saying what was set (for the results header).
+
+    Why: glibc maps every block over its mmap threshold afresh and returns it on free, so
+    each call of such a size page-faults its memory in again. The threshold starts at
+    128 KiB and rises only as large blocks are freed, up to 32 MiB; which rows ran before
+    therefore decided how much of that a torch.nn row paid. nn.LSTM forward+backward at
+    B=64, T=100, H=128 (2 threads) took ~33 ms in a fresh process and ~24 ms late in a full
+    run or with the thresholds below, fastrnn ~25 ms in both (its large buffers are pooled,
+    see csrc/cpu/workspace_pool.h). Fixed thresholds time every row of both libraries in
+    the state a long training process (or jemalloc/tcmalloc) reaches: no per-call faults."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "not glibc: left as it is"
+    mmap_threshold, trim_threshold = 64 << 20, 256 << 20
+    if not (mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and
+            mallopt(_M_TRIM_THRESHOLD, trim_threshold)):
+        return "glibc refused the thresholds: left as it is"
+    return (f"glibc, mmap threshold {mmap_threshold >> 20} MiB, trim threshold "
+            f"{trim_threshold >> 20} MiB (set by benchmarks.common.settle_allocator)")
+
+
+def machine_header(device="cpu", threads=None, allocator=None):
     """What a reader needs to judge the numbers: device, CPU/GPU model, versions, thread
-    count, date, and the load average (other work on the machine skews timings)."""
+    count, date, the allocator setting (settle_allocator's line, when the script made one)
+    and the load average (other work on the machine skews timings)."""
     header = {
         "device": device,
         "cpu": cpu_model(),
@@ -39,6 +69,8 @@ def machine_header(device="cpu", threads=None):
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         header["gpu"] = torch.cuda.get_device_name()
+    if allocator is not None:
+        header["allocator"] = allocator
     if hasattr(os, "getloadavg"):
         header["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     return header

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
-from benchmarks.common import machine_header, time_interleaved, write_results
+from benchmarks.common import (machine_header, settle_allocator, time_interleaved,
+                               write_results)
 
 CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN), "GRU": (nn.GRU, fastrnn.FusedGRU),
          "LSTM": (nn.LSTM, fastrnn.FusedLSTM)}
@@ -126,11 +127,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     args = parser.parse_args()
+    allocator = settle_allocator()
     rows = []
     for threads in [int(n) for n in args.threads.split(",")]:
         torch.set_num_threads(threads)
         rows += padded_rows(args, threads) + packed_rows(args, threads) + cell_rows(args, threads)
-    header = machine_header("cpu", threads=args.threads)
+    header = machine_header("cpu", threads=args.threads, allocator=allocator)
     columns = [("cell", "cell", None), ("shape", "shape", None), ("B", "B", None),
                ("T", "T", None), ("I", "I", None), ("H", "H", None),
                ("threads", "threads", None), ("pass_", "pass", None),

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 import fastrnn
-from benchmarks.common import machine_header, time_interleaved, write_results
+from benchmarks.common import (machine_header, settle_allocator, time_interleaved,
+                               write_results)
 from benchmarks.layers_cpu import forward_fn, pair, train_fn
 
 CELLS = {"RNN": (nn.RNN, fastrnn.FusedRNN, 10), "GRU": (nn.GRU, fastrnn.FusedGRU, 40),
@@ -69,6 +70,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     args = parser.parse_args()
+    allocator = settle_allocator()
     rows = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -85,7 +87,7 @@ def main():
              "block as the layers; fwd+bwd, four leaves of the layer's parameter sizes into "
              "one torch.cat, .sum().backward(). A target whose allowed time is below the "
              "floor cannot be met by any layer module in this process."]
-    header = machine_header("cpu", threads="1,2")
+    header = machine_header("cpu", threads="1,2", allocator=allocator)
     print(write_results("sine_floor", header, rows, columns,
                         "Sine shape: fastrnn, torch.nn and the per-call floor", notes))
 
