@@ -97,6 +97,18 @@ Tensor initial_state(const Tensor& states, int64_t index, const Tensor& zeros) {
   return states.defined() ? states[index] : zeros;
 }
 
+// t.transpose(0, 1): batch_first input to time-major, and the output back. When no graph
+// is recorded (no_grad, inference_mode), below the autograd and view-tracking layers: a
+// transpose through them dispatches twice more and records view metadata, together ~1 us
+// of the two a batch_first call makes, a twelfth of an RNN module call at the sine-wave
+// shape (ad hoc, one thread). The view made below them shares the storage but has no
+// autograd history, which is only right when none is recorded.
+Tensor swap_time_and_batch(const Tensor& t) {
+  if (at::GradMode::is_enabled()) return t.transpose(0, 1);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return t.transpose(0, 1);
+}
+
 // Input [T,N,C] (or [N,T,C]) padded, [S,C] packed; every weight of its dtype and device.
 void check_input_and_weights(const Tensor& input, bool packed, at::TensorList weights) {
   TORCH_CHECK(input.dim() == (packed ? 2 : 3), "fastrnn::layer_stack: ",
@@ -141,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
   const bool packed = batch_sizes.has_value();
   check_input_and_weights(input, packed, weights);
   TORCH_CHECK_VALUE(is_lstm || !c0_.has_value(), "fastrnn::layer_stack: c0 is for LSTM only");
-  const Tensor time_major = batch_first && !packed ? input.transpose(0, 1) : input;
+  const Tensor time_major = batch_first && !packed ? swap_time_and_batch(input) : input;
   const int64_t hidden = weights[1].size(0) / (is_lstm ? 4 : cell == Cell::kGru ? 3 : 1);
   const int64_t state_width = weights[1].size(1);
   const Tensor h0 = checked_states(h0_, states, time_major, state_width, "h0");
@@ -177,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
     if (dropout > 0 && train && layer + 1 < num_layers)
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
   }
-  return {batch_first && !packed ? layer_input.transpose(0, 1) : layer_input,
+  return {batch_first && !packed ? swap_time_and_batch(layer_input) : layer_input,
           final_states(h_n), is_lstm ? final_states(c_n) : at::empty({0}, input.options())};
 }
 

@@ -97,3 +97,25 @@ def test_rejects_bad_arguments_with_clear_errors():
         ops.layer_stack(*args[:4], torch.zeros(4, 2, 4, dtype=torch.float64), *args[5:])
     with pytest.raises(RuntimeError, match="every weight must have the input's dtype"):
         ops.layer_stack(args[0], x.float(), *args[2:])
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("grad_mode", ("no_grad", "inference_mode"))
+def test_batch_first_output_without_a_graph_is_no_view(case, grad_mode):
+    """With no graph recorded the stack transposes below autograd (csrc/stack.cpp): the
+    output is then a [N,T,P] tensor with torch.nn's values and strides that is no view (as
+    nn.GRU's and nn.RNN's are not; nn.LSTM's oneDNN path returns a view), and stays usable
+    in place and in a later graph."""
+    module, x = module_and_input(case, batch_first=True)
+    with getattr(torch, grad_mode)():
+        expected = module(x)[0]
+        output = ops.layer_stack(*stack_args(module, x, None, True))[0]
+        torch.testing.assert_close(output, expected)
+        assert output.stride() == expected.stride()
+        assert not output._is_view()
+        output.add_(1)  # writes a fresh buffer: nothing else sees it
+        torch.testing.assert_close(output, expected + 1)
+    if grad_mode == "no_grad":  # inference tensors stay out of graphs, as torch.nn's do
+        weight = torch.ones(output.shape[-1], dtype=output.dtype, requires_grad=True)
+        output.mul_(weight).sum().backward()
+        torch.testing.assert_close(weight.grad, expected.add(1).sum((0, 1)))
