@@ -16,7 +16,8 @@ def test_settle_allocator_sets_glibc_thresholds_and_header_records_them():
     line = subprocess.run(
         [sys.executable, "-c",
          "from benchmarks.common import settle_allocator; print(settle_allocator())"],
-        cwd=pathlib.Path(__file__).parents[1], check=True, capture_output=True, text=True).stdout.strip()
+        cwd=pathlib.Path(__file__).parents[1], check=True, capture_output=True,
+        text=True).stdout.strip()
     assert line.startswith("glibc, mmap threshold 64 MiB, trim threshold 256 MiB"), line
     assert common.machine_header("cpu", allocator=line)["allocator"] == line
 

@@ -113,7 +113,7 @@ def test_batch_first_output_without_a_graph_is_no_view(case, grad_mode):
         torch.testing.assert_close(output, expected)
         assert output.stride() == expected.stride()
         assert not output._is_view()
-        output.add_(1)  # writes a fresh buffer: nothing else sees it
+        output.add_(1)  # in place, as on torch.nn's output
         torch.testing.assert_close(output, expected + 1)
     if grad_mode == "no_grad":  # inference tensors stay out of graphs, as torch.nn's do
         weight = torch.ones(output.shape[-1], dtype=output.dtype, requires_grad=True)
