@@ -121,9 +121,13 @@ namespace {
 // latency, with each B vector reused 8 times from a register. Wider tiles (12x32, 6x64,
 // 8x48) measured no faster on Zen4.
 constexpr int kRows = static_cast<int>(kBlockRows);
-// Depth of one pass over the panels: a slice [kDepth, kPanel] of a panel is 64 KiB and the
-// A slice of a 128-256 row tile stays in L2 while every panel streams past it.
-constexpr int64_t kDepth = 512;
+// Depth of one pass over the panels. A slice [kDepth, kPanel] of a panel is 16 KiB: it
+// stays in L1 (32 KiB on Zen4, 48 KiB on the Intel machine kind) while the row blocks of a
+// tile pass over it, and the tile's A slice stays in L2. With 512 (64 KiB slices, from L2
+// for every row block) H=512 layers ran 2-7% slower on the Intel kind: LSTM fwd+bwd
+// ~592-627 ms against ~583-595 ms, GRU fwd+bwd ~476-485 against ~469-471 (one thread,
+// separate processes alternated, medians of 5).
+constexpr int64_t kDepth = 128;
 
 // C[R, 32] = init + A[R, k] @ panel[k, 32], columns masked by m0/m1 (16 each).
 template <int R>
