@@ -123,17 +123,18 @@ namespace {
 constexpr int kRows = static_cast<int>(kBlockRows);
 // Depth of one pass over the panels. A slice [kDepth, kPanel] of a panel is 16 KiB: it
 // stays in L1 (32 KiB on Zen4, 48 KiB on the Intel machine kind) while the row blocks of a
-// tile pass over it, and the tile's A slice stays in L2. With 512 (64 KiB slices, from L2
-// for every row block) H=512 layers ran 2-7% slower on the Intel kind: LSTM fwd+bwd
-// ~592-627 ms against ~583-595 ms, GRU fwd+bwd ~476-485 against ~469-471 (one thread,
-// separate processes alternated, medians of 5).
+// tile pass over it, and the tile's A slice stays in L2. On the Intel kind (one thread,
+// separate processes alternated, medians of 5): with 512 (64 KiB slices, read from L2 by
+// every row block) the H=512 LSTM forward+backward took 592-627 ms and the GRU's 476-485,
+// with 256 575-585 and 458-470; 128 measured the same as 256 at H=512 and 1-4% faster on
+// the LSTM forward+backward at H=128 (44.1-45.0 ms against 45.4-46.1).
 constexpr int64_t kDepth = 128;
 
 // Floats per cache line: a panel row (kPanel floats) is two lines.
 constexpr int64_t kLineFloats = 16;
 
 // C[R, 32] = init + A[R, k] @ panel[k, 32], columns masked by m0/m1 (16 each); meanwhile
-// prefetches the pf_lines cache lines from pf into L2, one per step of p.
+// prefetches into L2 the first min(pf_lines, k) cache lines from pf, one per step of p.
 template <int R>
 [[gnu::target("avx512f")]] void micro_kernel(int64_t k, const float* a, int64_t row_stride,
                                              int64_t k_stride, const float* b,
