@@ -159,8 +159,9 @@ def test_matches_reference(mode, size, packed, reverse, bias, dtype):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_matches_reference_past_one_gemm_pass(mode):
-    """float32 products deeper than one pass of the packed GEMM (512): the input projection
-    (C=600) and the weight gradients (S=585 rows) carry their sums across passes."""
+    """float32 products deeper than one pass of the packed GEMM (128): the input projection
+    (C=600) and the weight gradients (S=585 rows) carry their sums across passes, the last
+    one partial, while each pass prefetches the next pass's B slice."""
     test_matches_reference(mode, (45, 13, 600, 20), True, False, True, torch.float32)
 
 
