@@ -7,25 +7,21 @@
 // stored: the backward rebuilds it from output and h0.
 #include "input_projection.h"
 #include "workspace_pool.h"
-#include "workspace_rows.h"
 
 namespace fastrnn {
 namespace cpu {
 namespace {
 
 constexpr int64_t G = 3;
-// Values a workspace row keeps per unit: r, z, n and h_n.
-constexpr int64_t kSaved = 4;
 
 // One row's units [u0, u0+ub) of one step; every pointer is pre-offset to unit u0:
 //   xp [3*ub] input projection block (b_ih included), gh [3*ub] W_hh h block (both
 //   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [3H], hp [ub] h_{t-1},
-//   h [ub] h_t out, ws [4H] workspace row, stream: streams_workspace for it.
+//   h [ub] h_t out, ws [4H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, const T* __restrict__ hp, T* __restrict__ h,
-                    T* __restrict__ ws, bool stream) {
-  T saved[kSave ? kSaved : 1][kUnitBlock];
+                    T* __restrict__ ws) {
   for (int64_t j = 0; j < ub; ++j) {
     const T r = sigmoid(xp[j] + gh[j] + bhh[j]);
     const T z = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
@@ -33,13 +29,12 @@ inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __
     const T n = tanh_(xp[2 * ub + j] + r * hn);
     h[j] = n + z * (hp[j] - n);
     if (kSave) {
-      saved[0][j] = r;
-      saved[1][j] = z;
-      saved[2][j] = n;
-      saved[3][j] = hn;
+      ws[j] = r;
+      ws[H + j] = z;
+      ws[2 * H + j] = n;
+      ws[3 * H + j] = hn;
     }
   }
-  if (kSave) save_workspace_row(&saved[0][0], kUnitBlock, kSaved, ub, ws, H, stream);
 }
 
 // Gradients of one row's units at one step, pointers pre-offset to unit u0:
@@ -74,7 +69,6 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
   T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
 
   pack_unit_blocks(w_hh, G, H, H, wblk);
-  const bool stream = kSave && streams_workspace(ws, kSaved * H, H);
 
   for (int64_t i = 0; i < st.T; ++i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
@@ -101,9 +95,8 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
         fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                           hp + r * H + u0, out + (off + r) * H + u0,
-                          kSave ? ws + (off + r) * kSaved * H + u0 : nullptr, stream);
+                          kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
       });
-      finish_streaming_stores(stream);
     });
   }
   gather_last(st, out, H, hn);

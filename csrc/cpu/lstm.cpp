@@ -7,7 +7,6 @@
 // output, c0/h0 and the workspace rather than stored.
 #include "input_projection.h"
 #include "workspace_pool.h"
-#include "workspace_rows.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -15,19 +14,14 @@ namespace {
 
 constexpr int64_t G = 4;
 
-// Values a workspace row keeps per unit: i, f, g, o and c'.
-constexpr int64_t kSaved = 5;
-
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
 //   xp [4*ub] input projection block (b_ih included), gh [4*ub] W_hh h block (both
 //   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [4H], c [ub] cell state
-//   (c_{t-1} in, c_t out), h [ub] unprojected h_t out, ws [5H] workspace row, stream:
-//   streams_workspace for it.
+//   (c_{t-1} in, c_t out), h [ub] unprojected h_t out, ws [5H] workspace row.
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, T* __restrict__ c, T* __restrict__ h,
-                    T* __restrict__ ws, bool stream) {
-  T saved[kSave ? kSaved : 1][kUnitBlock];
+                    T* __restrict__ ws) {
   for (int64_t j = 0; j < ub; ++j) {
     const T ig = sigmoid(xp[j] + gh[j] + bhh[j]);
     const T fg = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
@@ -37,14 +31,13 @@ inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __
     c[j] = cn;
     h[j] = og * tanh_(cn);
     if (kSave) {
-      saved[0][j] = ig;
-      saved[1][j] = fg;
-      saved[2][j] = gg;
-      saved[3][j] = og;
-      saved[4][j] = cn;
+      ws[j] = ig;
+      ws[H + j] = fg;
+      ws[2 * H + j] = gg;
+      ws[3 * H + j] = og;
+      ws[4 * H + j] = cn;
     }
   }
-  if (kSave) save_workspace_row(&saved[0][0], kUnitBlock, kSaved, ub, ws, H, stream);
 }
 
 // Gradients of one row's units at one step, pointers pre-offset to u0:
@@ -81,7 +74,6 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
   T* whr_t = hraw + (kProj ? N * H : 0);      // [H, P] (kProj)
 
   pack_unit_blocks(w_hh, G, H, P, wblk);
-  const bool stream = kSave && streams_workspace(ws, kSaved * H, H);
   if (kProj)
     for (int64_t p = 0; p < P; ++p)
       for (int64_t u = 0; u < H; ++u) whr_t[u * P + p] = w_hr[p * H + u];
@@ -113,9 +105,8 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
       for_rows<T>(r0, r0 + rows, [&](int64_t r) {
         fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                           cs + r * H + u0, hdst + r * H + u0,
-                          kSave ? ws + (off + r) * kSaved * H + u0 : nullptr, stream);
+                          kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
       });
-      finish_streaming_stores(stream);
     });
     if (kProj) {
       const int64_t ncb = div_up(P, kUnitBlock);
