@@ -17,86 +17,41 @@
 // function) before calling it.
 #include "plain_forward.h"
 
-#include <torch/csrc/Device.h>
-#include <torch/csrc/DynamicTypes.h>
-#include <torch/csrc/autograd/python_variable.h>
-
 #include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "op_handle.h"
+#include "plain_call.h"
 
 namespace fastrnn {
 namespace {
 
 namespace py = pybind11;
 using at::Tensor;
+using plain::attr;
+using plain::plain_state;
+using plain::plain_tensor;
+using plain::same_kind;
 
-// The Python objects this file looks up, made once and never freed (freeing them at exit
-// could run after the interpreter has gone). The attribute names are interned: a name made
+// The module attributes this file reads, interned once (see plain::intern): a name made
 // per call is hashed and compared per call, which cost ~1 us over the ~15 attribute reads.
 struct PythonNames {
-  static PyObject* intern(const char* name) { return PyUnicode_InternFromString(name); }
-
-  PyObject* torch_function = intern("__torch_function__");
-  PyObject* disabled_torch_function =
-      py::object(py::module_::import("torch._C").attr("_disabled_torch_function_impl"))
-          .release()
-          .ptr();
-  PyObject *flat_weights = intern("_flat_weights"),
-           *flat_weights_names = intern("_flat_weights_names"),
-           *parameters = intern("_parameters"), *batch_first = intern("batch_first"),
-           *input_size = intern("input_size"), *mode = intern("mode"),
-           *num_layers = intern("num_layers"), *bidirectional = intern("bidirectional"),
-           *hidden_size = intern("hidden_size"), *proj_size = intern("proj_size"),
-           *backend = intern("backend"), *bias = intern("bias"), *dropout = intern("dropout"),
-           *training = intern("training");
+  PyObject *flat_weights = plain::intern("_flat_weights"),
+           *flat_weights_names = plain::intern("_flat_weights_names"),
+           *parameters = plain::intern("_parameters"),
+           *batch_first = plain::intern("batch_first"),
+           *input_size = plain::intern("input_size"), *mode = plain::intern("mode"),
+           *num_layers = plain::intern("num_layers"),
+           *bidirectional = plain::intern("bidirectional"),
+           *hidden_size = plain::intern("hidden_size"),
+           *proj_size = plain::intern("proj_size"), *bias = plain::intern("bias"),
+           *dropout = plain::intern("dropout"), *training = plain::intern("training");
 };
 const PythonNames& names() {
   static const PythonNames* const instance = new PythonNames();
   return *instance;
-}
-
-py::object attr(py::handle obj, PyObject* name) {
-  PyObject* value = PyObject_GetAttr(obj.ptr(), name);
-  if (value == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(value);
-}
-
-// Whether torch functions are overridden for `obj`, as torch._C._has_torch_function tests
-// it (its C++ is not exported): a torch function mode is active, or obj's class has a
-// __torch_function__ other than the disabled one (which nn.Parameter has).
-bool overrides_torch_functions(py::handle obj) {
-  if (at::impl::torch_function_mode_enabled()) return true;
-  if (THPVariable_CheckExact(obj.ptr())) return false;
-  PyObject* impl = PyObject_GetAttr(obj.ptr(), names().torch_function);
-  if (impl == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  Py_DECREF(impl);  // only its identity is compared
-  return impl != names().disabled_torch_function;
-}
-
-// The Tensor `obj` holds, when it is a Tensor that overrides no torch function.
-std::optional<Tensor> plain_tensor(py::handle obj) {
-  if (!THPVariable_Check(obj.ptr()) || overrides_torch_functions(obj)) return std::nullopt;
-  return THPVariable_Unpack(obj.ptr());
-}
-
-bool same_kind(const Tensor& t, const Tensor& input) {
-  return t.scalar_type() == input.scalar_type() && t.device() == input.device();
-}
-
-// A state of exactly `sizes` with the input's dtype and device.
-std::optional<Tensor> plain_state(py::handle obj, const Tensor& input,
-                                  std::initializer_list<int64_t> sizes) {
-  auto state = plain_tensor(obj);
-  if (!state || state->sizes() != at::IntArrayRef(sizes) || !same_kind(*state, input))
-    return std::nullopt;
-  return state;
 }
 
 // (h0, c0) from a non-None hx: the Tensor h0 for RNN and GRU, the pair (h0, c0) for LSTM.
@@ -138,14 +93,6 @@ std::optional<std::vector<Tensor>> current_flat_weights(py::handle module) {
   return tensors;
 }
 
-// layer_for(backend, device, dtype): the module's `layer` function for the input's tensors.
-py::object chosen_layer(py::handle module, const Tensor& input, py::handle layer_for) {
-  const auto device = py::reinterpret_steal<py::object>(THPDevice_New(input.device()));
-  if (!device) throw py::error_already_set();
-  const py::handle dtype(reinterpret_cast<PyObject*>(torch::getTHPDtype(input.scalar_type())));
-  return layer_for(attr(module, names().backend), device, dtype);
-}
-
 // module(input, hx): (output, h_n), or (output, (h_n, c_n)) for LSTM; None for a call that
 // is not plain. layer_for and compiled_layer are fastrnn.backends.layer_for and
 // fastrnn.ops.layer, looked up by the caller on each call (tests replace layer_for).
@@ -177,7 +124,7 @@ py::object plain_forward(py::handle module, py::handle input_obj, py::handle hx,
   }
   // After the checks, as in _forward: a call that is wrong and also names a backend that
   // cannot run it raises the check's error there, not the backend's here.
-  if (!chosen_layer(module, *input, layer_for).is(compiled_layer)) return py::none();
+  if (!plain::chosen_layer(module, *input, layer_for).is(compiled_layer)) return py::none();
 
   const bool has_bias = attr(module, names().bias).cast<bool>();
   const auto dropout = attr(module, names().dropout).cast<double>();

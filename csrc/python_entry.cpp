@@ -2,20 +2,22 @@
 // TORCH_LIBRARY registration linked into it (csrc/fastrnn.cpp and the kernels).
 //
 // It exports the public ops (rnn_layer, gru_layer, lstm_layer, layer_stack) as plain
-// functions that call them through their typed dispatcher handles, and the modules' forward
-// for plain calls (plain_forward, csrc/plain_forward.cpp). torch.ops converts every
+// functions that call them through their typed dispatcher handles, and the modules'
+// forward for plain calls (plain_forward, csrc/plain_forward.cpp, for the layers;
+// plain_cell, csrc/plain_cell.cpp, for the *Cell classes). torch.ops converts every
 // argument to a boxed IValue and back, which at the sine-wave shape is ~3 us of an ~11 us
 // layer_stack call; the typed call goes through the same dispatcher (autograd, autocast,
 // profiler, dispatch modes and fake tensors all see the op), so only the Python-side
 // conversion is saved. What these functions do not do is torch.ops' __torch_function__
 // handling and Dynamo tracing: they are called only outside torch.compile and when no
 // argument or mode overrides torch functions (fastrnn/ops.py checks that for the ops,
-// plain_forward for itself).
+// plain_forward and plain_cell for themselves).
 #include <torch/extension.h>
 
 #include <type_traits>
 
 #include "op_handle.h"
+#include "plain_cell.h"
 #include "plain_forward.h"
 
 namespace fastrnn {
@@ -53,4 +55,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("layer_stack", &fastrnn::layer_stack,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   fastrnn::def_plain_forward(m);
+  fastrnn::def_plain_cell(m);
 }

@@ -3,8 +3,9 @@
 Each subclasses its torch.nn twin, so construction, parameters, initialisation, repr and
 state_dict are torch.nn's own; only forward changes: it checks the call as torch.nn does
 (same messages, same exception types where torch.nn raises on purpose), then runs the
-layer stack on the chosen backend instead of ATen's per-step loop. A layer's plain calls
-make those checks in C++ (csrc/plain_forward.cpp), and the rest here.
+layer stack on the chosen backend instead of ATen's per-step loop. Plain calls make those
+checks in C++ (csrc/plain_forward.cpp for the layers, csrc/plain_cell.cpp for the cells),
+and the rest here.
 """
 import operator
 
@@ -235,6 +236,13 @@ class _FusedCell:
         if torch._C._is_any_autocast_enabled():  # torch.nn's result dtypes under autocast
             return autocast.call(self._uncast_step, self._cell_mode(), input, hx,
                                  self.weight_ih, layer=False)
+        # The plain step in C++ (csrc/plain_cell.cpp); None for anything else. Dynamo
+        # traces the Python step below instead.
+        if ops.plain_cell is not None and not torch.compiler.is_compiling():
+            result = ops.plain_cell(self, self._cell_mode(), input, hx, backends.layer_for,
+                                    ops.layer)
+            if result is not None:
+                return result
         return self._uncast_step(input, hx)
 
     def _uncast_step(self, input, hx):

@@ -141,6 +141,8 @@ def _entry(tensors):
 
 # FusedRNN/GRU/LSTM.forward's plain call (csrc/plain_forward.cpp), None without the library.
 plain_forward = _C.plain_forward if LOAD_ERROR is None else None
+# The *Cell classes' plain step (csrc/plain_cell.cpp), None without the library.
+plain_cell = _C.plain_cell if LOAD_ERROR is None else None
 
 
 def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirectional,
