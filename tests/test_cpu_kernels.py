@@ -385,6 +385,25 @@ def test_bitwise_across_threads_and_runs(mode, packed):
         assert torch.equal(b, c), "two runs differ"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_weights_packed_by_both_threads(mode):
+    """At H=512 the forward's unit blocks of W_hh and the backward's panels of W_hh are
+    packed by both threads (csrc/cpu/packed_steps.h): the results match the reference with
+    two threads, and bitwise with one."""
+    size = (3, 5, 40, 512)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        test_matches_reference(mode, size, False, False, True, torch.float32)
+        two = all_results(mode, size, False, False)
+        torch.set_num_threads(1)
+        one = all_results(mode, size, False, False)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b), "1 thread and 2 threads differ"
+
+
 @pytest.fixture
 def nan_filled_empty():
     """torch.empty (and at::empty in the kernels) returns NaN-filled memory."""
