@@ -192,10 +192,11 @@ def test_matches_reference_across_projection_chunks(mode, size, reverse, dtype):
 @pytest.mark.parametrize("size", ((5, 3, 4, 33), (6, 70, 40, 130)), ids=("N3", "N70"))
 @pytest.mark.parametrize("mode", MODES)
 def test_strided_padded_input(mode, size, reverse, dtype):
-    """The forward reads padded input in place when its features are contiguous, whatever
-    its step and row strides (batch_first input reaches the ops as a transposed view), and
-    copies input whose rows overlap (an expanded batch) first. Both against the reference:
-    the transposed view forward and backward, the expanded input forward."""
+    """The forward, and the backward's input weight gradient, read padded input in place
+    when its features are contiguous, whatever its step and row strides (batch_first input
+    reaches the ops as a transposed view), and copy input whose rows overlap (an expanded
+    batch) first. Both against the reference: the transposed view forward and backward
+    (bitwise equal to the contiguous input's results too), the expanded input forward."""
     seed = random.randrange(2**31)
     case = make_case(mode, *size, torch.float64, False, reverse, True, seed)
     low = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
@@ -208,6 +209,9 @@ def test_strided_padded_input(mode, size, reverse, dtype):
     own_out, own_grads = run_with_grads(reference_layer, low, seed)
     assert_close_all(out + grads, ref_out + ref_grads, own_out + own_grads, dtype,
                      f"(seed {seed}) transposed view, result")
+    contiguous_out, contiguous_grads = run_with_grads(fastrnn_layer, low, seed)
+    for index, (a, b) in enumerate(zip(out + grads, contiguous_out + contiguous_grads)):
+        assert torch.equal(a, b), f"(seed {seed}) transposed view, result {index} differs"
 
     expanded = low["input"][:, :1].expand(low["input"].shape)
     with torch.no_grad():

@@ -105,7 +105,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
 // dx, or dw_ih with dw_hh, db_ih and db_hh, null: that gradient is not wanted and not
 // computed; dh ends as grad_h0 when need_dh0.
 template <typename T>
-void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, const T* w_hh,
               const T* h0, const T* out, const T* ws, T* dout, T* dh, bool need_dh0, T* dx,
               T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch) {
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
@@ -151,7 +151,7 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
-    weight_grads<T>(S, GH, dgh, {{hprev, H, dw_hh}}, panels);
+    weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels);
     dbi_sums.finish();
     dbh_sums.finish();
   }
@@ -205,7 +205,8 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   TORCH_CHECK(grad_output.numel() == st.S * H && grad_h_n.numel() == st.N * H &&
                   output_.numel() == st.S * H,
               "fastrnn::gru_layer_bwd: grad_output/output must have S*H elements and grad_h_n N*H");
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor input = weight_grad_input(input_, batch_sizes.has_value());
+  const at::Tensor h0 = h0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H;
@@ -219,7 +220,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const auto scratch = backward_scratch<scalar_t>(
         grad_output, st.S * (2 * GH + H) + 2 * BiasGradSums<scalar_t>::scratch_size(st.N, GH) +
                          backward_pack_scratch(input, st.S, GH, C, H));
-    backward<scalar_t>(st, C, H, input.const_data_ptr<scalar_t>(),
+    backward<scalar_t>(st, C, H, weight_grad_rows<scalar_t>(input, st),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),
                        ws.const_data_ptr<scalar_t>(), scratch.dout,

@@ -125,7 +125,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
 // dx, or dw_ih with dw_hh, db and dw_hr, null: that gradient is not wanted and not computed;
 // dh and dc end as grad_h0 and grad_c0 (dh only when need_dh0).
 template <typename T, bool kProj>
-void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, const T* w_ih,
+void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const T* w_ih,
               const T* w_hh, const T* w_hr, const T* h0, const T* c0, const T* out,
               const T* ws, T* dout, T* dh, T* dc, bool need_dh0, T* dx, T* dw_ih, T* dw_hh,
               T* db, T* dw_hr, T* scratch) {
@@ -173,7 +173,8 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, const T* x, cons
   }
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {hprev, P, dw_hh}}, panels);
+    weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, P), P, dw_hh}},
+                    panels);
     if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
     db_sums.finish();
   }
@@ -249,7 +250,8 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                   c0_.numel() == st.N * H,
               "fastrnn::lstm_layer_bwd: grad_output/output must have S*P elements, "
               "grad_h_n N*P, grad_c_n and c0 N*H");
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
+  const at::Tensor input = weight_grad_input(input_, batch_sizes.has_value());
+  const at::Tensor h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
@@ -269,7 +271,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                          BiasGradSums<T>::scratch_size(N, GH) +
                          backward_pack_scratch(input, S, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;
-    run(st, C, H, P, input.const_data_ptr<T>(), w_ih.const_data_ptr<T>(),
+    run(st, C, H, P, weight_grad_rows<T>(input, st), w_ih.const_data_ptr<T>(),
         w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,
         h0.const_data_ptr<T>(), c0.const_data_ptr<T>(), output.const_data_ptr<T>(),
         ws.const_data_ptr<T>(), scratch.dout, dh.mutable_data_ptr<T>(),

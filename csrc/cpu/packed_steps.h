@@ -97,18 +97,45 @@ inline bool use_packed_gemm() {
   return false;
 }
 
-// pack_panels of a row-major [k, n] matrix (row stride n) in parallel, over tiles of one
-// panel by kRows rows: the activations packed for the weight gradients are [S, C] or
-// [S, P], a few panels wide but thousands of rows deep. The weights packed for the
-// backward's products ([G*H, P] or [G*H, C], 4 MiB for an LSTM at H=512) were packed on
-// the calling thread while the others waited: ~1.5 ms a call with two threads.
-inline void parallel_pack(int64_t k, int64_t n, const float* b, float* out) {
+// Where row p of a [k, n] operand lies: at data + p / per_step * step_stride +
+// p % per_step * row_stride, each row's n elements contiguous. Padded layer input is read
+// in place at its own strides (per_step = N rows a time step); a contiguous matrix is one
+// step of k rows (contiguous_rows).
+template <typename T>
+struct Rows {
+  const T* data;
+  int64_t per_step, step_stride, row_stride;
+  const T* row(int64_t p) const {
+    return data + p / per_step * step_stride + p % per_step * row_stride;
+  }
+  // Whether row p lies at data + p * n for every p < k.
+  bool contiguous(int64_t k, int64_t n) const {
+    return row_stride == n && (per_step >= k || step_stride == per_step * n);
+  }
+};
+
+template <typename T>
+Rows<T> contiguous_rows(const T* data, int64_t k, int64_t n) {
+  return {data, std::max<int64_t>(k, 1), 0, n};
+}
+
+// pack_panels of a [k, n] matrix in parallel, over tiles of one panel by kRows rows: the
+// activations packed for the weight gradients are [S, C] or [S, P], a few panels wide but
+// thousands of rows deep. The weights packed for the backward's products ([G*H, P] or
+// [G*H, C], 4 MiB for an LSTM at H=512) were packed on the calling thread while the
+// others waited: ~1.5 ms a call with two threads.
+inline void parallel_pack(int64_t k, int64_t n, const Rows<float>& b, float* out) {
   constexpr int64_t kRows = 512;
   const int64_t chunks = div_up(k, kRows);
   parallel_tiles(div_up(n, kPanel) * chunks, kRows * kPanel, [&](int64_t tile) {
-    const int64_t j0 = tile / chunks * kPanel, p0 = tile % chunks * kRows;
-    pack_panels(std::min(kRows, k - p0), std::min(kPanel, n - j0), b + p0 * n + j0, n, 1,
-                out + j0 * k + p0 * kPanel);
+    const int64_t j0 = tile / chunks * kPanel, p1 = std::min(k, (tile % chunks + 1) * kRows);
+    // One pack_panels per run of rows within a step.
+    for (int64_t p = tile % chunks * kRows; p < p1;) {
+      const int64_t run = std::min(p1, (p / b.per_step + 1) * b.per_step) - p;
+      pack_panels(run, std::min(kPanel, n - j0), b.row(p) + j0, b.row_stride, 1,
+                  out + j0 * k + p * kPanel);
+      p += run;
+    }
   });
 }
 
@@ -138,7 +165,7 @@ inline void input_grad(int64_t S, int64_t GH, int64_t C, const T* dg, const T* w
                        T* dx) {
   if constexpr (std::is_same_v<T, float>) {
     if (packed_gemm_available()) {
-      parallel_pack(GH, C, w_ih, wp);
+      parallel_pack(GH, C, contiguous_rows(w_ih, GH, C), wp);
       tiled_packed_gemm(S, C, GH, rows_operand(dg, GH), wp, nullptr, 0, dx, C);
       return;
     }
@@ -147,10 +174,10 @@ inline void input_grad(int64_t S, int64_t GH, int64_t C, const T* dg, const T* w
 }
 
 // One weight gradient of weight_grads: dw[GH, n] for a weight applied to the rows of
-// b [S, n].
+// b [S, n] (contiguous where packed_gemm does not run).
 template <typename T>
 struct WeightGrad {
-  const T* b;
+  Rows<T> b;
   int64_t n;
   T* dw;
 };
@@ -176,8 +203,10 @@ inline void weight_grads(int64_t S, int64_t GH, const T* dg,
       return;
     }
   }
-  for (const WeightGrad<T>& t : terms)
-    tiled_gemm(true, false, GH, t.n, S, dg, GH, t.b, t.n, T(0), t.dw, t.n);
+  for (const WeightGrad<T>& t : terms) {
+    TORCH_INTERNAL_ASSERT(t.b.contiguous(S, t.n), "fastrnn: gemm_rm needs contiguous rows");
+    tiled_gemm(true, false, GH, t.n, S, dg, GH, t.b.data, t.n, T(0), t.dw, t.n);
+  }
 }
 
 // Floats of the region a backward call packs its operands into, one use after another:
@@ -419,7 +448,7 @@ inline void add_state_grad(T* __restrict__ dh_out, const T* __restrict__ dh_stat
 template <typename T>
 inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) {
   if constexpr (std::is_same_v<T, float>) {
-    if (packed_gemm_available()) parallel_pack(GH, P, w_hh, wp);
+    if (packed_gemm_available()) parallel_pack(GH, P, contiguous_rows(w_hh, GH, P), wp);
   }
 }
 

@@ -66,7 +66,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
 // dx, or dw_ih with dw_hh and db, null: that gradient is not wanted and not computed; dh
 // ends as grad_h0 when need_dh0.
 template <typename T, bool kRelu>
-void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, const T* w_hh,
+void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, const T* w_hh,
               const T* h0, const T* out, T* dout, T* dh, bool need_dh0, T* dx, T* dw_ih,
               T* dw_hh, T* db, T* scratch) {
   const int64_t S = st.S;
@@ -98,7 +98,7 @@ void backward(const Steps& st, int64_t C, int64_t H, const T* x, const T* w_ih, 
   }
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {hprev, H, dw_hh}}, panels);
+    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, H), H, dw_hh}}, panels);
     db_sums.finish();
   }
 }
@@ -146,7 +146,8 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   TORCH_CHECK(grad_output.numel() == st.S * H && grad_h_n.numel() == st.N * H &&
                   output_.numel() == st.S * H,
               "fastrnn::rnn_layer_bwd: grad_output/output must have S*H elements and grad_h_n N*H");
-  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  const at::Tensor input = weight_grad_input(input_, batch_sizes.has_value());
+  const at::Tensor h0 = h0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
@@ -160,7 +161,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
         grad_output, st.S * 2 * H + BiasGradSums<scalar_t>::scratch_size(st.N, H) +
                          backward_pack_scratch(input, st.S, H, C, H));
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
-    run(st, C, H, input.const_data_ptr<scalar_t>(), w_ih.const_data_ptr<scalar_t>(),
+    run(st, C, H, weight_grad_rows<scalar_t>(input, st), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
         output.const_data_ptr<scalar_t>(), scratch.dout,
         dh.mutable_data_ptr<scalar_t>(), need_grad_state,
