@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.overrides import TorchFunctionMode
 
 import fastrnn
 from fastrnn import modules, ops
+from plain_calls import Marked, assert_declined, under_mode, with_backend
 
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason="fastrnn._C not built")
 
@@ -105,27 +105,6 @@ def test_plain_calls_in_every_grad_mode(case, mode, monkeypatch):
         assert a.requires_grad == (mode == "enable_grad")
 
 
-class Marked(torch.Tensor):
-    """A Tensor subclass that overrides torch functions (by inheriting Tensor's)."""
-
-
-class PassThroughMode(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
-def under_mode(cell, x, hx):
-    with PassThroughMode():
-        return cell(x, hx)
-
-
-def with_backend(name):
-    def call(cell, x, hx):
-        cell.backend = name
-        return cell(x, hx)
-    return call
-
-
 class Doubled(nn.Module):
     def forward(self, weight):
         return 2 * weight
@@ -188,23 +167,5 @@ def test_irregular_calls_take_the_python_step(case, name, monkeypatch):
     if name == "unavailable_backend_and_wrong_features" and \
             fastrnn.backends.unavailable_reason("cuda") is None:
         pytest.skip("needs the cuda backend unavailable, as it is on CPU-only machines")
-    monkeypatch.setattr(ops, "plain_cell", None)  # the Python step alone
-    expected = outcome(IRREGULAR[name], case)
-    monkeypatch.undo()
-
-    python_step_calls = []
-    original = modules._FusedCell._uncast_step
-
-    def recording(self, *args, **kwargs):
-        python_step_calls.append(args)
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(modules._FusedCell, "_uncast_step", recording)
-    actual = outcome(IRREGULAR[name], case)
-    assert python_step_calls, "the C++ path took an irregular call"
-    assert (actual[1] is None) == (expected[1] is None), (actual[1], expected[1])
-    if expected[1] is not None:
-        assert actual[1] == expected[1]
-        return
-    assert len(actual[0]) == len(expected[0])
-    for index, (a, e) in enumerate(zip(actual[0], expected[0])):
-        assert torch.equal(a, e), f"result {index} differs"
+    assert_declined(monkeypatch, "plain_cell", modules._FusedCell, "_uncast_step",
+                    lambda: outcome(IRREGULAR[name], case))

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
-from torch.overrides import TorchFunctionMode
 
 import fastrnn
 from fastrnn import modules, ops
 
+from plain_calls import Marked, assert_declined, under_mode, with_backend
 from test_layer_stack import initial_state
 
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason="fastrnn._C not built")
@@ -103,30 +103,9 @@ def test_plain_calls_in_every_grad_mode(mode, monkeypatch):
     assert output.requires_grad == (mode == "enable_grad")
 
 
-class Marked(torch.Tensor):
-    """A Tensor subclass that overrides torch functions (by inheriting Tensor's)."""
-
-
-class PassThroughMode(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
 def swap_parameter_behind_setattr(module, x, hx):
     module._parameters["weight_hh_l0"] = nn.Parameter(torch.randn_like(module.weight_hh_l0))
     return module(x, hx)
-
-
-def under_mode(module, x, hx):
-    with PassThroughMode():
-        return module(x, hx)
-
-
-def with_backend(name):
-    def call(module, x, hx):
-        module.backend = name
-        return module(x, hx)
-    return call
 
 
 # id: (call(module, x, hx) for a plain module, x and hx), for calls the C++ path declines.
@@ -175,23 +154,5 @@ def test_irregular_calls_take_the_python_forward(case, name, monkeypatch):
     if name == "unavailable_backend_and_wrong_features" and \
             fastrnn.backends.unavailable_reason("cuda") is None:
         pytest.skip("needs the cuda backend unavailable, as it is on CPU-only machines")
-    monkeypatch.setattr(ops, "plain_forward", None)  # the Python forward alone
-    expected = outcome(IRREGULAR[name], case)
-    monkeypatch.undo()
-
-    python_forward_calls = []
-    original = modules._FusedLayer._forward
-
-    def recording(self, *args, **kwargs):
-        python_forward_calls.append(args)
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(modules._FusedLayer, "_forward", recording)
-    actual = outcome(IRREGULAR[name], case)
-    assert python_forward_calls, "the C++ path took an irregular call"
-    assert (actual[1] is None) == (expected[1] is None), (actual[1], expected[1])
-    if expected[1] is not None:
-        assert actual[1] == expected[1]
-        return
-    assert len(actual[0]) == len(expected[0])
-    for index, (a, e) in enumerate(zip(actual[0], expected[0])):
-        assert torch.equal(a, e), f"result {index} differs"
+    assert_declined(monkeypatch, "plain_forward", modules._FusedLayer, "_forward",
+                    lambda: outcome(IRREGULAR[name], case))
