@@ -29,6 +29,7 @@ namespace {
 namespace py = pybind11;
 using at::Tensor;
 
+// The module attributes and parameter names this file reads, interned once.
 struct PythonNames {
   PyObject *parameters = plain::intern("_parameters"),
            *input_size = plain::intern("input_size"),

@@ -353,9 +353,10 @@ inline void gather_last(const Steps& st, const T* seq, int64_t w, T* dst) {
 // for step_product: in panels for packed_gemm (at most P*G*kUnitBlock floats, as G*64 is
 // a whole number of panels), else row-major.
 //
-// Blocks are packed in parallel, split over the threads as the steps' tiles of one row
-// tile are, so each block lands in the cache of the thread that multiplies by it. On one
-// thread the two 4 MiB packs of an LSTM forward at H=512 took ~3 ms of ~180.
+// Blocks are packed in parallel, split over the threads as a step of one row tile splits
+// its tiles, so each block lands in the cache of the thread that multiplies by it. Packed
+// on the calling thread, the two 4 MiB packs of an LSTM forward at H=512 took ~3 ms of
+// ~180 (one thread) while any other thread waited.
 template <typename T>
 inline void pack_unit_blocks(const T* w, int64_t G, int64_t H, int64_t P, T* out) {
   parallel_tiles(div_up(H, kUnitBlock), P * G * kUnitBlock, [&](int64_t k) {
