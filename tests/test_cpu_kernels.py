@@ -27,7 +27,7 @@ MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM", "LSTM_PROJ")
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4, "LSTM_PROJ": 4}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 # (T, N, C, H): T=1, N=1 and odd hidden sizes; the last two cross the kernels' tile
-# bounds (64 rows, 64 units) and their BLAS threshold.
+# bounds (32 and 64 rows, 64 units) and their BLAS threshold.
 SIZES = ((1, 1, 3, 7), (5, 3, 4, 33), (20, 1, 1, 16), (3, 70, 5, 130), (4, 66, 9, 65))
 
 
@@ -390,11 +390,12 @@ def test_bitwise_across_threads_and_runs(mode, packed):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_weights_packed_by_both_threads(mode):
-    """At H=512 the forward's unit blocks of W_hh and the backward's panels of W_hh are
-    packed by both threads (csrc/cpu/packed_steps.h): the results match the reference with
-    two threads, and bitwise with one."""
-    size = (3, 5, 40, 512)
+def test_large_weights_split_units(mode):
+    """Above 1 MiB of W_hh (H=520 for every cell) a step's tiles split the hidden units
+    rather than the batch rows, in two row tiles at N=70, and the weights are packed by
+    both threads (csrc/cpu/packed_steps.h): the results match the reference with two
+    threads, and bitwise with one. The smaller SIZES take the split by rows."""
+    size = (3, 70, 40, 520)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

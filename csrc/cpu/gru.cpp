@@ -84,19 +84,22 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
         hp = hbuf;
       }
     }
-    const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * G * std::min(H, kUnitBlock) * H,
+    const StepTiles tiles(bt, nblk, G * H * H * int64_t(sizeof(T)));
+    parallel_tiles(tiles.count(),
+                   tiles.max_rows(bt) * tiles.blocks_per_tile * G * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
-      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
-      T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-      step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
-      const T* xpk = xproj.block(i, k);
-      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
-                          hp + r * H + u0, out + (off + r) * H + u0,
-                          kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
-      });
+      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+        const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+        T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
+        step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k);
+        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+          fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
+                            hp + r * H + u0, out + (off + r) * H + u0,
+                            kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
+        });
+      }
     });
   }
   gather_last(st, out, H, hn);
@@ -123,11 +126,15 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   for (int64_t i = st.T - 1; i >= 0; --i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
     add_state_grad(dout + off * H, dh, bt * H);
-    const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * kGateGradCost,
+    const StepTiles tiles(bt, nblk, GH * H * int64_t(sizeof(T)));
+    parallel_tiles(tiles.count(),
+                   tiles.max_rows(bt) * std::min(H, tiles.blocks_per_tile * kUnitBlock) *
+                       kGateGradCost,
                    [&](int64_t tile) {
-      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-      const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      // The tile's units are consecutive in every [G*H] row, whatever its block count.
+      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
+      const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
       for_rows<T>(off + r0, off + r0 + rows, [&](int64_t r) {
         bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
                 dgi + r * GH + u0, dgh + r * GH + u0);

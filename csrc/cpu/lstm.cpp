@@ -94,21 +94,25 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
     }
     // Without a projection the cells write h_t straight into the output rows.
     T* hdst = kProj ? hraw : out + off * H;
-    const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * G * std::min(H, kUnitBlock) * P,
+    const StepTiles tiles(bt, nblk, G * H * P * int64_t(sizeof(T)));
+    parallel_tiles(tiles.count(),
+                   tiles.max_rows(bt) * tiles.blocks_per_tile * G * std::min(H, kUnitBlock) * P,
                    [&](int64_t tile) {
-      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
-      T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-      step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
-      const T* xpk = xproj.block(i, k);
-      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
-                          cs + r * H + u0, hdst + r * H + u0,
-                          kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
-      });
+      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+        const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+        T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
+        step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k);
+        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+          fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
+                            cs + r * H + u0, hdst + r * H + u0,
+                            kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
+        });
+      }
     });
     if (kProj) {
+      const int64_t nrt = div_up(bt, kRowTile);
       const int64_t ncb = div_up(P, kUnitBlock);
       parallel_tiles(nrt * ncb, std::min(bt, kRowTile) * std::min(P, kUnitBlock) * H,
                      [&](int64_t tile) {
@@ -147,13 +151,15 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
     // forward+backward at H=128).
     const T* c_carried = i > 0 ? ws + st.off[st.time(i - 1)] * 5 * H + 4 * H : nullptr;
     add_state_grad(dout + off * P, dh, bt * P);
-    const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk,
-                   std::min(bt, kRowTile) * std::min(H, kUnitBlock) *
+    const StepTiles tiles(bt, nblk, GH * P * int64_t(sizeof(T)));
+    parallel_tiles(tiles.count(),
+                   tiles.max_rows(bt) * std::min(H, tiles.blocks_per_tile * kUnitBlock) *
                        (kGateGradCost + (kProj ? P : 0)),
                    [&](int64_t tile) {
-      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-      const int64_t u0 = (tile / nrt) * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+      // The tile's units are consecutive in every [G*H] row, whatever its block count.
+      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
+      const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
       if (kProj)
         gemm_rm(false, false, rows, ub, P, dout + (off + r0) * P, P, w_hr + u0, H, T(0),
                 dhraw + r0 * H + u0, H);

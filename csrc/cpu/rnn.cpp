@@ -46,18 +46,21 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
         hp = hbuf;
       }
     }
-    const int64_t nrt = div_up(bt, kRowTile);
-    parallel_tiles(nrt * nblk, std::min(bt, kRowTile) * std::min(H, kUnitBlock) * H,
+    const StepTiles tiles(bt, nblk, H * H * int64_t(sizeof(T)));
+    parallel_tiles(tiles.count(),
+                   tiles.max_rows(bt) * tiles.blocks_per_tile * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
-      const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-      const int64_t k = tile / nrt, u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
-      T* g = gh + k * N * kUnitBlock + r0 * ub;
-      step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
-      const T* xpk = xproj.block(i, k);
-      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
-        fwd_row<T, kRelu>(ub, xpk + r * ub, g + (r - r0) * ub, bhh + u0,
-                          out + (off + r) * H + u0);
-      });
+      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+        const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
+        T* g = gh + k * N * kUnitBlock + r0 * ub;
+        step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k);
+        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+          fwd_row<T, kRelu>(ub, xpk + r * ub, g + (r - r0) * ub, bhh + u0,
+                            out + (off + r) * H + u0);
+        });
+      }
     });
   }
   gather_last(st, out, H, hn);
@@ -88,8 +91,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
       for (int64_t j = 0; j < bt * H; ++j)
         // !(y <= 0), as torch's threshold_backward: a NaN output passes its gradient on.
         d[j] = kRelu ? (!(y[j] <= T(0)) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
-      for (int64_t r0 = 0; r0 < bt; r0 += kRowTile)
-        db_sums.add(r0, std::min(kRowTile, bt - r0), d, 0, H);
+      db_sums.add(0, bt, d, 0, H);
     }
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
