@@ -86,9 +86,9 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
     }
     const StepTiles tiles(bt, nblk, G * H * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
-                   tiles.max_rows(bt) * tiles.blocks_per_tile * G * std::min(H, kUnitBlock) * H,
+                   tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
       for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
@@ -128,11 +128,11 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
     add_state_grad(dout + off * H, dh, bt * H);
     const StepTiles tiles(bt, nblk, GH * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
-                   tiles.max_rows(bt) * std::min(H, tiles.blocks_per_tile * kUnitBlock) *
+                   tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
                        kGateGradCost,
                    [&](int64_t tile) {
       // The tile's units are consecutive in every [G*H] row, whatever its block count.
-      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
       const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
       const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
       for_rows<T>(off + r0, off + r0 + rows, [&](int64_t r) {

@@ -96,9 +96,9 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
     T* hdst = kProj ? hraw : out + off * H;
     const StepTiles tiles(bt, nblk, G * H * P * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
-                   tiles.max_rows(bt) * tiles.blocks_per_tile * G * std::min(H, kUnitBlock) * P,
+                   tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * P,
                    [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
       for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
@@ -153,11 +153,11 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
     add_state_grad(dout + off * P, dh, bt * P);
     const StepTiles tiles(bt, nblk, GH * P * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
-                   tiles.max_rows(bt) * std::min(H, tiles.blocks_per_tile * kUnitBlock) *
+                   tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
                        (kGateGradCost + (kProj ? P : 0)),
                    [&](int64_t tile) {
       // The tile's units are consecutive in every [G*H] row, whatever its block count.
-      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
       const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
       const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
       if (kProj)

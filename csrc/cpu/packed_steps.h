@@ -38,7 +38,8 @@
 namespace fastrnn {
 namespace cpu {
 
-// Batch rows per tile of a time step.
+// Batch rows per tile of a time step split by units (StepTiles), of the input projection
+// and of the LSTM's W_hr product.
 constexpr int64_t kRowTile = 64;
 // Hidden units per tile of a time step: a tile computes all G gates of its units, so its
 // gate math needs nothing from other tiles. Block k of W_hh^T ([P, G*64] floats for
@@ -56,8 +57,11 @@ constexpr int64_t kPackedColTile = 256;
 // machine kind, so that all of it stays there next to the step's rows (LSTM at H=256,
 // RNN at H=512 measured faster split by rows, the LSTM forward at H=512 slower).
 constexpr int64_t kRowSplitWeightBytes = int64_t(1) << 20;
-// Rows per tile of a step whose tiles split the batch rows (a multiple of kBlockRows).
-constexpr int64_t kRowSplitTile = 32;
+// Split by rows, a step has two tiles for every kRowSplitRows rows or part of them, so the
+// rows divide evenly over two threads. Fixed tiles of 32 rows instead (a step of 33-63
+// rows split 32 and the rest) were slower on packed input: forward with two threads at
+// B=64, H=128, lengths 1-100 (ad hoc): LSTM 4.75 ms against 4.19, GRU 3.51 against 3.14.
+constexpr int64_t kRowSplitRows = 64;
 // Below this many multiply-adds per parallel region, waking the other threads costs more
 // than it saves (measured ~2 us per region on the 2-core CI machines).
 constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
@@ -91,28 +95,49 @@ inline void parallel_tiles(int64_t ntiles, int64_t work, const F& f) {
 //   Units split: tiles of kRowTile rows by one block. Each thread multiplies by its own
 //     blocks of W_hh^T, which stay in its L2 across the steps when the whole W_hh does not
 //     fit there (4 MiB for an LSTM at H=512), and reads h_{t-1} rows other threads wrote.
-//   Rows split, when the packed W_hh takes at most kRowSplitWeightBytes: tiles of
-//     kRowSplitTile rows by every block. A row's step reads only that row's earlier
-//     states and gradients, so each thread reads back what it wrote itself. Forward +
-//     backward at B=64, T=100, H=128 with two threads (ad hoc, alternated processes,
-//     medians of 4), split by units -> by rows: LSTM 27.7 -> 23.8 ms, GRU 24.1 -> 20.4,
-//     RNN 8.3 -> 7.4; LSTM at H=256 78.9 -> 75.8. One thread: unchanged.
-struct StepTiles {
-  int64_t row_tile, row_tiles, blocks_per_tile, nblk;
+//   Rows split, when the packed W_hh takes at most kRowSplitWeightBytes: tiles of rows by
+//     every block of units, two per kRowSplitRows rows or part (at most one per kBlockRows
+//     rows), the blocks of kBlockRows rows spread evenly over them. A row's step reads
+//     only that row's earlier states and gradients, so each thread reads back what it
+//     wrote itself. With two threads at B=64, T=100, H=128 (ad hoc, alternated processes,
+//     medians of 4), split by units -> by rows, forward+backward: LSTM 28.1 -> 23.8 ms,
+//     GRU 23.7 -> 20.9, RNN 7.9 -> 7.4; packed lengths 1-100: LSTM 14.4 -> 12.6, GRU
+//     12.5 -> 10.6, RNN 4.4 -> 4.2; LSTM at H=256 78.9 -> 75.8 (32-row tiles). One
+//     thread: unchanged.
+class StepTiles {
+ public:
+  StepTiles(int64_t bt, int64_t nblk, int64_t weight_bytes)
+      : bt_(bt), nblk_(nblk),
+        split_rows_(weight_bytes <= kRowSplitWeightBytes),
+        row_blocks_(div_up(bt, kBlockRows)),
+        row_tiles_(split_rows_ ? std::min(2 * div_up(bt, kRowSplitRows), row_blocks_)
+                               : div_up(bt, kRowTile)) {}
 
-  StepTiles(int64_t bt, int64_t nblk_, int64_t weight_bytes)
-      : nblk(nblk_) {
-    const bool split_rows = weight_bytes <= kRowSplitWeightBytes;
-    row_tile = split_rows ? kRowSplitTile : kRowTile;
-    blocks_per_tile = split_rows ? nblk : 1;
-    row_tiles = div_up(bt, row_tile);
+  int64_t count() const { return row_tiles_ * (split_rows_ ? 1 : nblk_); }
+  // Rows of the largest tile, for parallel_tiles' work estimate.
+  int64_t max_rows() const {
+    return split_rows_ ? div_up(row_blocks_, row_tiles_) * kBlockRows
+                       : std::min(bt_, kRowTile);
   }
-  int64_t count() const { return row_tiles * (nblk / blocks_per_tile); }
-  // Rows of the largest tile (of a step of bt rows), for parallel_tiles' work estimate.
-  int64_t max_rows(int64_t bt) const { return std::min(bt, row_tile); }
-  int64_t first_row(int64_t tile) const { return tile % row_tiles * row_tile; }
-  int64_t first_block(int64_t tile) const { return tile / row_tiles * blocks_per_tile; }
-  int64_t end_block(int64_t tile) const { return first_block(tile) + blocks_per_tile; }
+  // Blocks of the tiles (all of them, or one).
+  int64_t blocks_per_tile() const { return split_rows_ ? nblk_ : 1; }
+  int64_t first_row(int64_t tile) const { return row_bound(tile % row_tiles_); }
+  int64_t end_row(int64_t tile) const { return row_bound(tile % row_tiles_ + 1); }
+  int64_t first_block(int64_t tile) const {
+    return split_rows_ ? 0 : tile / row_tiles_;
+  }
+  int64_t end_block(int64_t tile) const { return first_block(tile) + blocks_per_tile(); }
+
+ private:
+  // Where row tile i starts (i == row_tiles_: bt).
+  int64_t row_bound(int64_t i) const {
+    return std::min(bt_, split_rows_ ? i * row_blocks_ / row_tiles_ * kBlockRows
+                                     : i * kRowTile);
+  }
+
+  const int64_t bt_, nblk_;
+  const bool split_rows_;
+  const int64_t row_blocks_, row_tiles_;
 };
 
 // gemm_rm over fixed row tiles of C, in parallel. Same argument meaning as gemm_rm.
@@ -259,18 +284,18 @@ inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t 
 // Bias gradients db[j] = sum over all S rows of dg[row, j], summed by the recurrence while
 // each step's dg rows are still in cache: a separate pass over the whole [S, w] matrix
 // re-read it from memory, ~3% of an LSTM backward at H=128 with two threads.
-// Each kRowSplitTile rows of a step add into partial sums of their own, so no two tiles of
-// a step (either split of StepTiles) share a sum, and finish() adds the partials in row
-// order: the order of every sum depends on the shapes only.
+// Each kBlockRows rows of a step add into partial sums of their own, so no two tiles of a
+// step share a sum (StepTiles' tiles start at multiples of kBlockRows), and finish() adds
+// the partials in row order: the order of every sum depends on the shapes only.
 template <typename T>
 class BiasGradSums {
  public:
-  static int64_t scratch_size(int64_t N, int64_t w) { return div_up(N, kRowSplitTile) * w; }
+  static int64_t scratch_size(int64_t N, int64_t w) { return div_up(N, kBlockRows) * w; }
 
   // Sums of width w over steps of at most N rows, into db [w] (null: no bias gradient is
   // wanted, and add() and finish() do nothing); scratch of scratch_size(N, w) elements.
   BiasGradSums(int64_t N, int64_t w, T* db, T* scratch)
-      : w_(w), tiles_(div_up(N, kRowSplitTile)), db_(db), sums_(scratch) {
+      : w_(w), tiles_(div_up(N, kBlockRows)), db_(db), sums_(scratch) {
     if (db_) std::fill(sums_, sums_ + tiles_ * w_, T(0));
   }
 
@@ -279,7 +304,7 @@ class BiasGradSums {
   void add(int64_t r0, int64_t rows, const T* dg, int64_t j0, int64_t width) const {
     if (!db_) return;
     for (int64_t r = r0; r < r0 + rows; ++r) {
-      T* __restrict__ acc = sums_ + r / kRowSplitTile * w_ + j0;
+      T* __restrict__ acc = sums_ + r / kBlockRows * w_ + j0;
       const T* __restrict__ g = dg + r * w_ + j0;
       for (int64_t j = 0; j < width; ++j) acc[j] += g[j];
     }
@@ -390,8 +415,9 @@ inline void gather_last(const Steps& st, const T* seq, int64_t w, T* dst) {
 // for step_product: in panels for packed_gemm (at most P*G*kUnitBlock floats, as G*64 is
 // a whole number of panels), else row-major.
 //
-// Blocks are packed in parallel, split over the threads as a step of one row tile splits
-// its tiles, so each block lands in the cache of the thread that multiplies by it. Packed
+// Blocks are packed in parallel, split over the threads as a step of one row tile split by
+// units (StepTiles) splits its tiles, so each block lands in the cache of the thread that
+// multiplies by it (split by rows, every thread multiplies by every block). Packed
 // on the calling thread, the two 4 MiB packs of an LSTM forward at H=512 took ~3 ms of
 // ~180 (one thread) while any other thread waited.
 template <typename T>
@@ -502,9 +528,9 @@ inline void grad_to_prev_state(int64_t bt, int64_t GH, int64_t P, const T* dg, c
                                const T* wp, T* dh, const Direct& direct) {
   const StepTiles tiles(bt, div_up(P, kUnitBlock), GH * P * int64_t(sizeof(T)));
   parallel_tiles(tiles.count(),
-                 tiles.max_rows(bt) * std::min(P, tiles.blocks_per_tile * kUnitBlock) * GH,
+                 tiles.max_rows() * std::min(P, tiles.blocks_per_tile() * kUnitBlock) * GH,
                  [&](int64_t tile) {
-    const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+    const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
     const int64_t p0 = tiles.first_block(tile) * kUnitBlock;
     const int64_t pc = std::min(tiles.end_block(tile) * kUnitBlock, P) - p0;
     bool acc = false;

@@ -48,9 +48,9 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
     }
     const StepTiles tiles(bt, nblk, H * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
-                   tiles.max_rows(bt) * tiles.blocks_per_tile * std::min(H, kUnitBlock) * H,
+                   tiles.max_rows() * tiles.blocks_per_tile() * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = std::min(tiles.row_tile, bt - r0);
+      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
       for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * kUnitBlock + r0 * ub;
