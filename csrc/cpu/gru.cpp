@@ -84,7 +84,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
         hp = hbuf;
       }
     }
-    const StepTiles tiles(bt, nblk, G * H * H * int64_t(sizeof(T)));
+    const StepTiles tiles(st.T, bt, nblk, G * H * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
                    tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
@@ -126,7 +126,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   for (int64_t i = st.T - 1; i >= 0; --i) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
     add_state_grad(dout + off * H, dh, bt * H);
-    const StepTiles tiles(bt, nblk, GH * H * int64_t(sizeof(T)));
+    const StepTiles tiles(st.T, bt, nblk, GH * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
                    tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
                        kGateGradCost,
@@ -147,7 +147,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh. The
     // first step's reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(bt, GH, H, dgh + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(st.T, bt, GH, H, dgh + off * GH, w_hh, panels, dh,
                          [&](int64_t r, int64_t p0, int64_t p1, T* o) {
         const T* g = dout + (off + r) * H;
         const T* z = ws + (off + r) * 4 * H + H;

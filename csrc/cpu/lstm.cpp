@@ -94,7 +94,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
     }
     // Without a projection the cells write h_t straight into the output rows.
     T* hdst = kProj ? hraw : out + off * H;
-    const StepTiles tiles(bt, nblk, G * H * P * int64_t(sizeof(T)));
+    const StepTiles tiles(st.T, bt, nblk, G * H * P * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
                    tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * P,
                    [&](int64_t tile) {
@@ -151,7 +151,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
     // forward+backward at H=128).
     const T* c_carried = i > 0 ? ws + st.off[st.time(i - 1)] * 5 * H + 4 * H : nullptr;
     add_state_grad(dout + off * P, dh, bt * P);
-    const StepTiles tiles(bt, nblk, GH * P * int64_t(sizeof(T)));
+    const StepTiles tiles(st.T, bt, nblk, GH * P * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
                    tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
                        (kGateGradCost + (kProj ? P : 0)),
@@ -174,7 +174,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
     });
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(bt, GH, P, dg + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(st.T, bt, GH, P, dg + off * GH, w_hh, panels, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
   }
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);

@@ -95,20 +95,28 @@ inline void parallel_tiles(int64_t ntiles, int64_t work, const F& f) {
 //   Units split: tiles of kRowTile rows by one block. Each thread multiplies by its own
 //     blocks of W_hh^T, which stay in its L2 across the steps when the whole W_hh does not
 //     fit there (4 MiB for an LSTM at H=512), and reads h_{t-1} rows other threads wrote.
-//   Rows split, when the packed W_hh takes at most kRowSplitWeightBytes: tiles of rows by
-//     every block of units, two per kRowSplitRows rows or part (at most one per kBlockRows
-//     rows), the blocks of kBlockRows rows spread evenly over them. A row's step reads
-//     only that row's earlier states and gradients, so each thread reads back what it
-//     wrote itself. With two threads at B=64, T=100, H=128 (ad hoc, alternated processes,
-//     medians of 4), split by units -> by rows, forward+backward: LSTM 28.1 -> 23.8 ms,
-//     GRU 23.7 -> 20.9, RNN 7.9 -> 7.4; packed lengths 1-100: LSTM 14.4 -> 12.6, GRU
-//     12.5 -> 10.6, RNN 4.4 -> 4.2; LSTM at H=256 78.9 -> 75.8 (32-row tiles). One
-//     thread: unchanged.
+//   Rows split: tiles of rows by every block, two per kRowSplitRows rows or part (at most
+//     one per kBlockRows rows), whole blocks of kBlockRows rows spread evenly over them.
+//     A row's step reads only that row's earlier states and gradients, so each thread
+//     reads back what it wrote itself. With two threads at B=64, T=100, H=128 (ad hoc,
+//     alternated processes, medians of 4), units -> rows, forward+backward: LSTM 28.1 ->
+//     23.8 ms, GRU 23.7 -> 20.9, RNN 7.9 -> 7.4; packed lengths 1-100: LSTM 14.4 -> 12.6,
+//     GRU 12.5 -> 10.6, RNN 4.4 -> 4.2; LSTM at H=256 78.9 -> 75.8. One thread: unchanged.
+// Rows split where all of these hold:
+//   - the packed W_hh takes at most kRowSplitWeightBytes;
+//   - the sequence has more than one step: a single step (a cell's) reads nothing back,
+//     and its input projection, split by units, then crosses between the cores (an
+//     RNNCell step at B=64, H=128 took ~10% longer split by rows);
+//   - the units split makes more than one tile: a step it keeps in one tile has too little
+//     work to share (split by rows, the backward gate math at B=38, H=16 ran on two
+//     threads and the LSTM forward+backward took ~25% longer).
 class StepTiles {
  public:
-  StepTiles(int64_t bt, int64_t nblk, int64_t weight_bytes)
+  // A step of bt rows of a sequence of `steps` steps.
+  StepTiles(int64_t steps, int64_t bt, int64_t nblk, int64_t weight_bytes)
       : bt_(bt), nblk_(nblk),
-        split_rows_(weight_bytes <= kRowSplitWeightBytes),
+        split_rows_(weight_bytes <= kRowSplitWeightBytes && steps > 1 &&
+                    nblk * div_up(bt, kRowTile) > 1),
         row_blocks_(div_up(bt, kBlockRows)),
         row_tiles_(split_rows_ ? std::min(2 * div_up(bt, kRowSplitRows), row_blocks_)
                                : div_up(bt, kRowTile)) {}
@@ -516,7 +524,8 @@ inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) 
   }
 }
 
-// dh[r, :] = direct[r, :] + dg[r, :] @ w_hh for the bt active rows of one step:
+// dh[r, :] = direct[r, :] + dg[r, :] @ w_hh for the bt active rows of one step of a
+// sequence of `steps` steps:
 //   dg [bt, G*H] (row stride G*H) gate pre-activation gradients on the hidden side,
 //   w_hh [G*H, P], wp: w_hh from pack_prev_state_weight, dh [N, P] the recurrent gradient
 //   state (rows >= bt untouched),
@@ -524,9 +533,10 @@ inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) 
 //   into out[p0:p1] and returns true, or returns false when there is none.
 // Tiles are StepTiles over blocks of kUnitBlock columns of P.
 template <typename T, class Direct>
-inline void grad_to_prev_state(int64_t bt, int64_t GH, int64_t P, const T* dg, const T* w_hh,
-                               const T* wp, T* dh, const Direct& direct) {
-  const StepTiles tiles(bt, div_up(P, kUnitBlock), GH * P * int64_t(sizeof(T)));
+inline void grad_to_prev_state(int64_t steps, int64_t bt, int64_t GH, int64_t P,
+                               const T* dg, const T* w_hh, const T* wp, T* dh,
+                               const Direct& direct) {
+  const StepTiles tiles(steps, bt, div_up(P, kUnitBlock), GH * P * int64_t(sizeof(T)));
   parallel_tiles(tiles.count(),
                  tiles.max_rows() * std::min(P, tiles.blocks_per_tile() * kUnitBlock) * GH,
                  [&](int64_t tile) {

@@ -46,7 +46,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
         hp = hbuf;
       }
     }
-    const StepTiles tiles(bt, nblk, H * H * int64_t(sizeof(T)));
+    const StepTiles tiles(st.T, bt, nblk, H * H * int64_t(sizeof(T)));
     parallel_tiles(tiles.count(),
                    tiles.max_rows() * tiles.blocks_per_tile() * std::min(H, kUnitBlock) * H,
                    [&](int64_t tile) {
@@ -95,7 +95,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
     }
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(bt, H, H, dg + off * H, w_hh, panels, dh,
+      grad_to_prev_state(st.T, bt, H, H, dg + off * H, w_hh, panels, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
   }
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
