@@ -99,9 +99,9 @@ inline void parallel_tiles(int64_t ntiles, int64_t work, const F& f) {
 //     one per kBlockRows rows), whole blocks of kBlockRows rows spread evenly over them.
 //     A row's step reads only that row's earlier states and gradients, so each thread
 //     reads back what it wrote itself. With two threads at B=64, T=100, H=128 (ad hoc,
-//     alternated processes, medians of 4), units -> rows, forward+backward: LSTM 28.1 ->
-//     23.8 ms, GRU 23.7 -> 20.9, RNN 7.9 -> 7.4; packed lengths 1-100: LSTM 14.4 -> 12.6,
-//     GRU 12.5 -> 10.6, RNN 4.4 -> 4.2; LSTM at H=256 78.9 -> 75.8. One thread: unchanged.
+//     alternated processes, medians of 3), units -> rows, forward+backward: LSTM 28.1 ->
+//     23.6 ms, GRU 24.2 -> 20.7, RNN 8.1 -> 7.4; packed lengths 1-100: LSTM 15.3 -> 13.2,
+//     GRU 12.5 -> 10.5, RNN 4.7 -> 4.4; LSTM at H=256 78.9 -> 76.3. One thread: unchanged.
 // Rows split where all of these hold:
 //   - the packed W_hh takes at most kRowSplitWeightBytes;
 //   - the sequence has more than one step: a single step (a cell's) reads nothing back,
