@@ -27,7 +27,7 @@ MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM", "LSTM_PROJ")
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4, "LSTM_PROJ": 4}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 # (T, N, C, H): T=1, N=1 and odd hidden sizes; the last two cross the kernels' tile
-# bounds (32 and 64 rows, 64 units) and their BLAS threshold.
+# bounds (steps split by rows into 8-row blocks, 64 units) and their BLAS threshold.
 SIZES = ((1, 1, 3, 7), (5, 3, 4, 33), (20, 1, 1, 16), (3, 70, 5, 130), (4, 66, 9, 65))
 
 
