@@ -27,7 +27,8 @@ MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM", "LSTM_PROJ")
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4, "LSTM_PROJ": 4}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 # (T, N, C, H): T=1, N=1 and odd hidden sizes; the last two cross the kernels' tile
-# bounds (steps split by rows into 8-row blocks, 64 units) and their BLAS threshold.
+# bounds (steps by rows in four row groups, cut inside 8-row blocks; 64 units) and their
+# BLAS threshold.
 SIZES = ((1, 1, 3, 7), (5, 3, 4, 33), (20, 1, 1, 16), (3, 70, 5, 130), (4, 66, 9, 65))
 
 
@@ -391,10 +392,10 @@ def test_bitwise_across_threads_and_runs(mode, packed):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_large_weights_split_units(mode):
-    """Above 1 MiB of W_hh (H=520 for every cell) a step's tiles split the hidden units
-    rather than the batch rows, in two row tiles at N=70, and the weights are packed by
-    both threads (csrc/cpu/packed_steps.h): the results match the reference with two
-    threads, and bitwise with one. The smaller SIZES take the split by rows."""
+    """Above 1 MiB of W_hh (H=520 for every cell) the steps go by units rather than by
+    rows, in two row tiles at N=70, and the weights are packed by both threads
+    (csrc/cpu/step_share.h): the results match the reference with two threads, and
+    bitwise with one. The smaller SIZES go by rows."""
     size = (3, 70, 40, 520)
     threads = torch.get_num_threads()
     try:

@@ -63,45 +63,32 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
              const T* w_hh, const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* ws,
              T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch);
+  const RowGroups groups(st, nblk, G * H * H * int64_t(sizeof(T)));
+  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;       // [N, H]
 
   pack_unit_blocks(w_hh, G, H, H, wblk);
 
-  for (int64_t i = 0; i < st.T; ++i) {
-    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    xproj.before_step(i);
-    const T* hp = h0;
-    if (i > 0) {
-      const T* prev = out + st.off[st.time(i - 1)] * H;
-      if (nc == bt) {
-        hp = prev;
-      } else {  // reverse packed: rows starting now take h0
-        std::copy(prev, prev + nc * H, hbuf);
-        std::copy(h0 + nc * H, h0 + bt * H, hbuf + nc * H);
-        hp = hbuf;
-      }
-    }
-    const StepTiles tiles(st.T, bt, nblk, G * H * H * int64_t(sizeof(T)));
-    parallel_tiles(tiles.count(),
-                   tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * H,
-                   [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+  run_steps(st, groups, false, G * H * (H + C), [&](int64_t i) { xproj.before_step(i); },
+            [&](int64_t i, const StepShare& share) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    const T* hp = prev_state(st, i, share.first_row(), share.end_row(bt), h0, out, H, hbuf);
+    share.tiles(bt, H, G * H, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-        step_product(rows, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
-        const T* xpk = xproj.block(i, k);
-        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        step_product(r1 - r0, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k, r0, r1);
+        for_rows<T>(r0, r1, [&](int64_t r) {
           fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                             hp + r * H + u0, out + (off + r) * H + u0,
                             kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
         });
       }
     });
-  }
+  });
   gather_last(st, out, H, hn);
 }
 
@@ -112,49 +99,45 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
               const T* h0, const T* out, const T* ws, T* dout, T* dh, bool need_dh0, T* dx,
               T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch) {
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
+  const RowGroups groups(st, nblk, GH * H * int64_t(sizeof(T)));
   T* dgi = scratch;          // [S, 3H]
   T* dgh = dgi + S * GH;     // [S, 3H]
   T* hprev = dgh + S * GH;   // [S, H]
   T* bias_sums = hprev + S * H;  // 2 BiasGradSums
   const int64_t sums_size = BiasGradSums<T>::scratch_size(st.N, GH);
   T* panels = bias_sums + 2 * sums_size;  // backward_pack_scratch: packed operands
-  const BiasGradSums<T> dbi_sums(st.N, GH, db_ih, bias_sums);
-  const BiasGradSums<T> dbh_sums(st.N, GH, db_hh, bias_sums + sums_size);
+  const BiasGradSums<T> dbi_sums(groups, st.N, GH, db_ih, bias_sums);
+  const BiasGradSums<T> dbh_sums(groups, st.N, GH, db_hh, bias_sums + sums_size);
   gather_prev(st, h0, H, out, H, H, hprev);
   pack_prev_state_weight(GH, H, w_hh, panels);
 
-  for (int64_t i = st.T - 1; i >= 0; --i) {
+  run_steps(st, groups, true, 2 * GH * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
-    add_state_grad(dout + off * H, dh, bt * H);
-    const StepTiles tiles(st.T, bt, nblk, GH * H * int64_t(sizeof(T)));
-    parallel_tiles(tiles.count(),
-                   tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
-                       kGateGradCost,
-                   [&](int64_t tile) {
+    const int64_t first = share.first_row(), end = share.end_row(bt);
+    add_state_grad(dout + (off + first) * H, dh + first * H, (end - first) * H);
+    share.tiles(bt, H, kGateGradCost, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
       // The tile's units are consecutive in every [G*H] row, whatever its block count.
-      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-      const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
-      const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
-      for_rows<T>(off + r0, off + r0 + rows, [&](int64_t r) {
+      const int64_t u0 = k0 * kUnitBlock, ub = std::min(k1 * kUnitBlock, H) - u0;
+      for_rows<T>(off + r0, off + r1, [&](int64_t r) {
         bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
                 dgi + r * GH + u0, dgh + r * GH + u0);
       });
       for (int64_t g = 0; g < G; ++g) {
-        dbi_sums.add(r0, rows, dgi + off * GH, g * H + u0, ub);
-        dbh_sums.add(r0, rows, dgh + off * GH, g * H + u0, ub);
+        dbi_sums.add(r0, r1 - r0, dgi + off * GH, g * H + u0, ub);
+        dbh_sums.add(r0, r1 - r0, dgh + off * GH, g * H + u0, ub);
       }
     });
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh. The
     // first step's reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(st.T, bt, GH, H, dgh + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, GH, H, dgh + off * GH, w_hh, panels, dh,
                          [&](int64_t r, int64_t p0, int64_t p1, T* o) {
         const T* g = dout + (off + r) * H;
         const T* z = ws + (off + r) * 4 * H + H;
         for (int64_t p = p0; p < p1; ++p) o[p] = g[p] * z[p];
         return true;
       });
-  }
+  });
   if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);

@@ -13,6 +13,9 @@
 // whole rows instead, half of every step's xp sat in the other core's cache: two-thread
 // step tiles ran ~25% slower than one-thread ones (LSTM, H=128).
 //
+// Where the steps go by rows (step_share.h), there are no chunks: each row group projects
+// its own rows of a step just before the step needs them, in the thread that reads them.
+//
 // Results do not depend on the chunking or the tiling: packed_gemm sums each element in a
 // fixed order whatever its row count, and every bound comes from the shapes alone.
 #pragma once
@@ -79,6 +82,7 @@ constexpr int64_t kProjectionRows = 64;
 constexpr int64_t kChunkRows = 256;
 
 // Rows a chunk can hold: it stops adding steps (of at most N rows) once it has kChunkRows.
+// At least N (S >= N): by rows, the chunk space holds one step's rows.
 inline int64_t chunk_capacity(const Steps& st) {
   return std::min(st.S, kChunkRows + st.N - 1);
 }
@@ -92,10 +96,10 @@ template <typename T>
 class InputProjection {
  public:
   // x the layer input's rows, w_ih [G*H, C], bias [G*H]; scratch of
-  // input_projection_scratch(st, G, H, C) elements.
+  // input_projection_scratch(st, G, H, C) elements; by_rows: whether the steps go by rows.
   InputProjection(const Steps& st, int64_t G, int64_t H, int64_t C, InputRows<T> x,
-                  const T* w_ih, const T* bias, T* scratch)
-      : st_(st), G_(G), H_(H), C_(C), nblk_(div_up(H, kUnitBlock)), x_(x),
+                  const T* w_ih, const T* bias, T* scratch, bool by_rows)
+      : st_(st), G_(G), H_(H), C_(C), nblk_(div_up(H, kUnitBlock)), by_rows_(by_rows), x_(x),
         block_(G * kUnitBlock), wblk_(scratch), bias_(wblk_ + nblk_ * block_ * C),
         xp_(bias_ + nblk_ * block_), capacity_(chunk_capacity(st)) {
     pack_unit_blocks(w_ih, G, H, C, wblk_);
@@ -104,16 +108,24 @@ class InputProjection {
   }
 
   // Projects the chunk that starts at step i (processing order) when i starts one. Call
-  // it before step i's region, outside any parallel region: it runs its own.
+  // it before step i's region, outside any parallel region: it runs its own. Steps by
+  // units only.
   void before_step(int64_t i) {
     if (i == chunk_end_) project_chunk_from(i);
   }
 
   // Step i's rows of unit block k: [bs[time(i)], G*ub] with row stride G*ub, gate g of the
-  // block's unit j at column g*ub + j (the layout of the step's W_hh h block).
-  const T* block(int64_t i, int64_t k) const {
+  // block's unit j at column g*ub + j (the layout of the step's W_hh h block); of them,
+  // the caller reads rows r0 .. r1-1, which by rows are projected now.
+  const T* block(int64_t i, int64_t k, int64_t r0, int64_t r1) {
     const int64_t ub = std::min(kUnitBlock, H_ - k * kUnitBlock);
-    return xp_ + k * capacity_ * block_ + (st_.off[st_.time(i)] - chunk_row0_) * G_ * ub;
+    T* rows_of_block = xp_ + k * capacity_ * block_;
+    if (by_rows_) {  // row r of every step at row r of the block's chunk space
+      project(r1 - r0, k, x_.row(st_, st_.time(i), r0), x_.row_stride,
+              rows_of_block + r0 * G_ * ub);
+      return rows_of_block;
+    }
+    return rows_of_block + (st_.off[st_.time(i)] - chunk_row0_) * G_ * ub;
   }
 
  private:
@@ -130,27 +142,30 @@ class InputProjection {
     parallel_tiles(nrt * nblk_, std::min(widest, kRowTile) * block_ * C_ * (j - i),
                    [&](int64_t tile) {
       const int64_t rt = tile % nrt, k = tile / nrt;
+      // Where sequence row `row` goes in block k of the chunk.
+      const int64_t cols = G_ * std::min(kUnitBlock, H_ - k * kUnitBlock);
+      auto chunk_row = [&](int64_t row) {
+        return xp_ + k * capacity_ * block_ + (row - chunk_row0_) * cols;
+      };
       // The tile's rows are the whole chunk, consecutive in x: one product.
       if (nrt == 1 && x_.steps_layout) {
-        project(rows, k, x_.data + chunk_row0_ * C_, C_, chunk_row0_);
+        project(rows, k, x_.data + chunk_row0_ * C_, C_, chunk_row(chunk_row0_));
         return;
       }
       for (int64_t s = i; s < j; ++s) {
         const int64_t t = st_.time(s), r0 = rt * kRowTile;
         if (r0 < st_.bs[t])
           project(std::min(kRowTile, st_.bs[t] - r0), k, x_.row(st_, t, r0), x_.row_stride,
-                  st_.off[t] + r0);
+                  chunk_row(st_.off[t] + r0));
       }
     });
   }
 
-  // Block k of `rows` input rows (from x, row stride ldx), which are rows row ..
-  // row+rows-1 of the sequence, into the chunk.
-  void project(int64_t rows, int64_t k, const T* x, int64_t ldx, int64_t row) {
+  // Block k of `rows` input rows (from x, row stride ldx) into out (row stride G*ub).
+  void project(int64_t rows, int64_t k, const T* x, int64_t ldx, T* out) const {
     const int64_t cols = G_ * std::min(kUnitBlock, H_ - k * kUnitBlock);
     const T* w = wblk_ + k * C_ * block_;
     const T* b = bias_ + k * block_;
-    T* out = xp_ + k * capacity_ * block_ + (row - chunk_row0_) * cols;
     if constexpr (std::is_same_v<T, float>) {
       if (use_packed_gemm<T>()) {
         // In kProjectionRows pieces: packed_gemm streams its A rows once per 32-column
@@ -168,6 +183,7 @@ class InputProjection {
 
   const Steps& st_;
   const int64_t G_, H_, C_, nblk_;
+  const bool by_rows_;
   const InputRows<T> x_;
   const int64_t block_;  // elements per row of a full unit block: G * kUnitBlock
   T* const wblk_;        // w_ih^T in unit blocks (pack_unit_blocks)

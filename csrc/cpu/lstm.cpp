@@ -66,7 +66,8 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
              const T* w_hh, const T* bih, const T* bhh, const T* w_hr, const T* h0, T* out,
              T* hn, T* cs, T* ws, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch);
+  const RowGroups groups(st, nblk, G * H * P * int64_t(sizeof(T)));
+  InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][P][4*kUnitBlock]
   T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
   T* hbuf = gh + nblk * N * G * kUnitBlock;   // [N, P]
@@ -78,51 +79,33 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
     for (int64_t p = 0; p < P; ++p)
       for (int64_t u = 0; u < H; ++u) whr_t[u * P + p] = w_hr[p * H + u];
 
-  for (int64_t i = 0; i < st.T; ++i) {
-    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    xproj.before_step(i);
-    const T* hp = h0;
-    if (i > 0) {
-      const T* prev = out + st.off[st.time(i - 1)] * P;
-      if (nc == bt) {
-        hp = prev;
-      } else {  // reverse packed: rows starting now take h0 (c0 is already in cs)
-        std::copy(prev, prev + nc * P, hbuf);
-        std::copy(h0 + nc * P, h0 + bt * P, hbuf + nc * P);
-        hp = hbuf;
-      }
-    }
+  run_steps(st, groups, false, G * H * (P + C) + (kProj ? H * P : 0),
+            [&](int64_t i) { xproj.before_step(i); }, [&](int64_t i, const StepShare& share) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    // c0 of the rows a reverse packed step starts is already in cs.
+    const T* hp = prev_state(st, i, share.first_row(), share.end_row(bt), h0, out, P, hbuf);
     // Without a projection the cells write h_t straight into the output rows.
     T* hdst = kProj ? hraw : out + off * H;
-    const StepTiles tiles(st.T, bt, nblk, G * H * P * int64_t(sizeof(T)));
-    parallel_tiles(tiles.count(),
-                   tiles.max_rows() * tiles.blocks_per_tile() * G * std::min(H, kUnitBlock) * P,
-                   [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+    share.tiles(bt, H, G * P, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * G * kUnitBlock + r0 * G * ub;
-        step_product(rows, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
-        const T* xpk = xproj.block(i, k);
-        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        step_product(r1 - r0, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k, r0, r1);
+        for_rows<T>(r0, r1, [&](int64_t r) {
           fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
                             cs + r * H + u0, hdst + r * H + u0,
                             kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
         });
       }
     });
-    if (kProj) {
-      const int64_t nrt = div_up(bt, kRowTile);
-      const int64_t ncb = div_up(P, kUnitBlock);
-      parallel_tiles(nrt * ncb, std::min(bt, kRowTile) * std::min(P, kUnitBlock) * H,
-                     [&](int64_t tile) {
-        const int64_t r0 = (tile % nrt) * kRowTile, rows = std::min(kRowTile, bt - r0);
-        const int64_t p0 = (tile / nrt) * kUnitBlock, pc = std::min(kUnitBlock, P - p0);
-        gemm_rm(false, false, rows, pc, H, hraw + r0 * H, H, whr_t + p0, P, T(0),
+    if (kProj)
+      share.tiles(bt, P, H, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+        const int64_t p0 = k0 * kUnitBlock, pc = std::min(k1 * kUnitBlock, P) - p0;
+        gemm_rm(false, false, r1 - r0, pc, H, hraw + r0 * H, H, whr_t + p0, P, T(0),
                 out + (off + r0) * P + p0, P);
       });
-    }
-  }
+  });
   gather_last(st, out, P, hn);
 }
 
@@ -134,49 +117,47 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
               const T* ws, T* dout, T* dh, T* dc, bool need_dh0, T* dx, T* dw_ih, T* dw_hh,
               T* db, T* dw_hr, T* scratch) {
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
+  const RowGroups groups(st, nblk, GH * P * int64_t(sizeof(T)));
   T* dg = scratch;              // [S, 4H] gate pre-activation gradients (both sides)
   T* hprev = dg + S * GH;       // [S, P]
   T* hraw = hprev + S * P;      // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
   T* bias_sums = kProj ? dhraw + st.N * H : hraw;  // BiasGradSums
   T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, GH);  // backward_pack_scratch
-  const BiasGradSums<T> db_sums(st.N, GH, db, bias_sums);
+  const BiasGradSums<T> db_sums(groups, st.N, GH, db, bias_sums);
   gather_prev(st, h0, P, out, P, P, hprev);
   pack_prev_state_weight(GH, P, w_hh, panels);
 
-  for (int64_t i = st.T - 1; i >= 0; --i) {
+  run_steps(st, groups, true, GH * P + (kProj ? H * P : 0), [](int64_t) {},
+            [&](int64_t i, const StepShare& share) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
+    const int64_t first = share.first_row(), end = share.end_row(bt);
     // c_{t-1} is read where it is: the c' column of the previous step's workspace rows for
     // the nc carried rows, c0 for the rest (a gathered [S, H] copy cost ~2% of an LSTM
     // forward+backward at H=128).
     const T* c_carried = i > 0 ? ws + st.off[st.time(i - 1)] * 5 * H + 4 * H : nullptr;
-    add_state_grad(dout + off * P, dh, bt * P);
-    const StepTiles tiles(st.T, bt, nblk, GH * P * int64_t(sizeof(T)));
-    parallel_tiles(tiles.count(),
-                   tiles.max_rows() * std::min(H, tiles.blocks_per_tile() * kUnitBlock) *
-                       (kGateGradCost + (kProj ? P : 0)),
-                   [&](int64_t tile) {
+    add_state_grad(dout + (off + first) * P, dh + first * P, (end - first) * P);
+    share.tiles(bt, H, kGateGradCost + (kProj ? P : 0),
+                [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
       // The tile's units are consecutive in every [G*H] row, whatever its block count.
-      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-      const int64_t u0 = tiles.first_block(tile) * kUnitBlock;
-      const int64_t ub = std::min(tiles.end_block(tile) * kUnitBlock, H) - u0;
+      const int64_t u0 = k0 * kUnitBlock, ub = std::min(k1 * kUnitBlock, H) - u0;
       if (kProj)
-        gemm_rm(false, false, rows, ub, P, dout + (off + r0) * P, P, w_hr + u0, H, T(0),
+        gemm_rm(false, false, r1 - r0, ub, P, dout + (off + r0) * P, P, w_hr + u0, H, T(0),
                 dhraw + r0 * H + u0, H);
-      for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+      for_rows<T>(r0, r1, [&](int64_t r) {
         const int64_t row = off + r;
         const T* cp = r < nc ? c_carried + r * 5 * H : c0 + r * H;
         bwd_row<T, kProj>(ub, H, kProj ? dhraw + r * H + u0 : dout + row * P + u0,
                           ws + row * 5 * H + u0, cp + u0, dc + r * H + u0,
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
       });
-      for (int64_t g = 0; g < G; ++g) db_sums.add(r0, rows, dg + off * GH, g * H + u0, ub);
+      for (int64_t g = 0; g < G; ++g) db_sums.add(r0, r1 - r0, dg + off * GH, g * H + u0, ub);
     });
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(st.T, bt, GH, P, dg + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, GH, P, dg + off * GH, w_hh, panels, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
-  }
+  });
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, P), P, dw_hh}},

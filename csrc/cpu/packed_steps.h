@@ -4,10 +4,10 @@
 // code path serves both: step t owns rows off[t] .. off[t]+bs[t] of every [S,...] matrix
 // (input, output, workspace, gradients), and only the first bs[t] batch rows are active.
 //
-// Determinism: work is split into tiles whose bounds depend on the shapes only (StepTiles,
-// kGemmRowTile, ...), each tile is computed by one thread in a fixed order, and
-// at::parallel_for only decides which thread runs which tile. Results are therefore
-// bitwise identical for any torch.get_num_threads().
+// Determinism: work is split into tiles whose bounds depend on the shapes only
+// (kGemmRowTile, ...; the steps' split: step_share.h), each tile is computed by one thread
+// in a fixed order, and at::parallel_for only decides which thread runs which tile.
+// Results are therefore bitwise identical for any torch.get_num_threads().
 //
 // GEMM engines: float32 on a CPU with AVX-512 runs every product of the recurrence and the
 // whole-sequence GEMMs on packed_gemm, with each B operand packed once per op call;
@@ -34,17 +34,11 @@
 #include "cell_math.h"
 #include "packed_gemm.h"
 #include "row_loop.h"
+#include "step_share.h"
 
 namespace fastrnn {
 namespace cpu {
 
-// Batch rows per tile of a time step split by units (StepTiles), of the input projection
-// and of the LSTM's W_hr product.
-constexpr int64_t kRowTile = 64;
-// Hidden units per tile of a time step: a tile computes all G gates of its units, so its
-// gate math needs nothing from other tiles. Block k of W_hh^T ([P, G*64] floats for
-// H=512 is 384-512 KiB) stays in the per-core L2 across the steps.
-constexpr int64_t kUnitBlock = 64;
 // Rows per tile of the whole-sequence gemm_rm products (input and weight gradients).
 constexpr int64_t kGemmRowTile = 256;
 // Tile of the whole-sequence GEMMs on packed_gemm. Its results do not depend on the
@@ -52,20 +46,6 @@ constexpr int64_t kGemmRowTile = 256;
 // (a [3H, H] weight gradient at H=128) still split across threads.
 constexpr int64_t kPackedRowTile = 128;
 constexpr int64_t kPackedColTile = 256;
-// A step's tiles split the batch rows instead of the hidden units (StepTiles) when the
-// packed W_hh takes at most this many bytes: half the 2 MiB L2 of a core on the Intel
-// machine kind, so that all of it stays there next to the step's rows (LSTM at H=256,
-// RNN at H=512 measured faster split by rows, the LSTM forward at H=512 slower).
-constexpr int64_t kRowSplitWeightBytes = int64_t(1) << 20;
-// Split by rows, a step has two tiles for every kRowSplitRows rows or part of them, so the
-// rows divide evenly over two threads. Fixed tiles of 32 rows instead (a step of 33-63
-// rows split 32 and the rest) were slower on packed input: forward with two threads at
-// B=64, H=128, lengths 1-100 (ad hoc): LSTM 4.75 ms against 4.19, GRU 3.51 against 3.14.
-constexpr int64_t kRowSplitRows = 64;
-// Below this many multiply-adds per parallel region, waking the other threads costs more
-// than it saves (measured ~2 us per region on the 2-core CI machines).
-constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
-
 // What the backward gate math of one unit in one row costs, in multiply-adds of the GEMM
 // kernel's time, for parallel_tiles' work estimates. LSTM at B=64, H=128: ~4.6 ns per
 // unit (the row's workspace comes from memory), what the kernel does in ~260 multiply-adds.
@@ -73,80 +53,6 @@ constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
 // the LSTM backward's gate math took 1.7-2.6 ms of a ~9 ms packed backward, 1.1-1.3 ms
 // with this cost (ad hoc, instrumented build).
 constexpr int64_t kGateGradCost = 256;
-
-inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Runs f(tile) for tile in [0, ntiles); work = multiply-adds per tile, used to keep small
-// steps on the calling thread.
-template <class F>
-inline void parallel_tiles(int64_t ntiles, int64_t work, const F& f) {
-  if (ntiles == 1) {
-    f(int64_t(0));
-    return;
-  }
-  const int64_t grain = std::max<int64_t>(1, kMinParallelFmas / std::max<int64_t>(1, work));
-  at::parallel_for(0, ntiles, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) f(i);
-  });
-}
-
-// How one time step's work, bt active rows by nblk blocks (of kUnitBlock hidden units, or
-// of columns), is cut into tiles. The bounds depend on the shapes only.
-//   Units split: tiles of kRowTile rows by one block. Each thread multiplies by its own
-//     blocks of W_hh^T, which stay in its L2 across the steps when the whole W_hh does not
-//     fit there (4 MiB for an LSTM at H=512), and reads h_{t-1} rows other threads wrote.
-//   Rows split: tiles of rows by every block, two per kRowSplitRows rows or part (at most
-//     one per kBlockRows rows), whole blocks of kBlockRows rows spread evenly over them.
-//     A row's step reads only that row's earlier states and gradients, so each thread
-//     reads back what it wrote itself. With two threads at B=64, T=100, H=128 (ad hoc,
-//     alternated processes, medians of 3), units -> rows, forward+backward: LSTM 28.1 ->
-//     23.6 ms, GRU 24.2 -> 20.7, RNN 8.1 -> 7.4; packed lengths 1-100: LSTM 15.3 -> 13.2,
-//     GRU 12.5 -> 10.5, RNN 4.7 -> 4.4; LSTM at H=256 78.9 -> 76.3. One thread: unchanged.
-// Rows split where all of these hold:
-//   - the packed W_hh takes at most kRowSplitWeightBytes;
-//   - the sequence has more than one step: a single step (a cell's) reads nothing back,
-//     and its input projection, split by units, then crosses between the cores (an
-//     RNNCell step at B=64, H=128 took ~10% longer split by rows);
-//   - the units split makes more than one tile: a step it keeps in one tile has too little
-//     work to share (split by rows, the backward gate math at B=38, H=16 ran on two
-//     threads and the LSTM forward+backward took ~25% longer).
-class StepTiles {
- public:
-  // A step of bt rows of a sequence of `steps` steps.
-  StepTiles(int64_t steps, int64_t bt, int64_t nblk, int64_t weight_bytes)
-      : bt_(bt), nblk_(nblk),
-        split_rows_(weight_bytes <= kRowSplitWeightBytes && steps > 1 &&
-                    nblk * div_up(bt, kRowTile) > 1),
-        row_blocks_(div_up(bt, kBlockRows)),
-        row_tiles_(split_rows_ ? std::min(2 * div_up(bt, kRowSplitRows), row_blocks_)
-                               : div_up(bt, kRowTile)) {}
-
-  int64_t count() const { return row_tiles_ * (split_rows_ ? 1 : nblk_); }
-  // Rows of the largest tile, for parallel_tiles' work estimate.
-  int64_t max_rows() const {
-    return split_rows_ ? div_up(row_blocks_, row_tiles_) * kBlockRows
-                       : std::min(bt_, kRowTile);
-  }
-  // Blocks of the tiles (all of them, or one).
-  int64_t blocks_per_tile() const { return split_rows_ ? nblk_ : 1; }
-  int64_t first_row(int64_t tile) const { return row_bound(tile % row_tiles_); }
-  int64_t end_row(int64_t tile) const { return row_bound(tile % row_tiles_ + 1); }
-  int64_t first_block(int64_t tile) const {
-    return split_rows_ ? 0 : tile / row_tiles_;
-  }
-  int64_t end_block(int64_t tile) const { return first_block(tile) + blocks_per_tile(); }
-
- private:
-  // Where row tile i starts (i == row_tiles_: bt).
-  int64_t row_bound(int64_t i) const {
-    return std::min(bt_, split_rows_ ? i * row_blocks_ / row_tiles_ * kBlockRows
-                                     : i * kRowTile);
-  }
-
-  const int64_t bt_, nblk_;
-  const bool split_rows_;
-  const int64_t row_blocks_, row_tiles_;
-};
 
 // gemm_rm over fixed row tiles of C, in parallel. Same argument meaning as gemm_rm.
 template <typename T>
@@ -292,27 +198,35 @@ inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t 
 // Bias gradients db[j] = sum over all S rows of dg[row, j], summed by the recurrence while
 // each step's dg rows are still in cache: a separate pass over the whole [S, w] matrix
 // re-read it from memory, ~3% of an LSTM backward at H=128 with two threads.
-// Each kBlockRows rows of a step add into partial sums of their own, so no two tiles of a
-// step share a sum (StepTiles' tiles start at multiples of kBlockRows), and finish() adds
-// the partials in row order: the order of every sum depends on the shapes only.
+// The rows add into partial sums, one per kBlockRows rows of each row group (the whole
+// batch where the steps go by units), so no two tiles or groups share a sum: every tile
+// split by units starts at a multiple of kBlockRows, and the partial of row r is
+// r / kBlockRows + (its group's index), which no row of another group or block shares.
+// finish() adds the partials in row order: the order of every sum depends on the shapes
+// only.
 template <typename T>
 class BiasGradSums {
  public:
-  static int64_t scratch_size(int64_t N, int64_t w) { return div_up(N, kBlockRows) * w; }
-
-  // Sums of width w over steps of at most N rows, into db [w] (null: no bias gradient is
-  // wanted, and add() and finish() do nothing); scratch of scratch_size(N, w) elements.
-  BiasGradSums(int64_t N, int64_t w, T* db, T* scratch)
-      : w_(w), tiles_(div_up(N, kBlockRows)), db_(db), sums_(scratch) {
-    if (db_) std::fill(sums_, sums_ + tiles_ * w_, T(0));
+  static int64_t scratch_size(int64_t N, int64_t w) {
+    return (div_up(N, kBlockRows) + RowGroups::max_count(N)) * w;
   }
 
-  // Adds rows r0 .. r0+rows-1 of a step's gradients dg (its first row; row stride w),
-  // columns j0 .. j0+width-1.
+  // Sums of width w over steps of at most N rows split as `groups`, into db [w] (null: no
+  // bias gradient is wanted, and add() and finish() do nothing); scratch of
+  // scratch_size(N, w) elements.
+  BiasGradSums(const RowGroups& groups, int64_t N, int64_t w, T* db, T* scratch)
+      : groups_(groups), w_(w), partials_(div_up(N, kBlockRows) + groups.count()), db_(db),
+        sums_(scratch) {
+    if (db_) std::fill(sums_, sums_ + partials_ * w_, T(0));
+  }
+
+  // Adds rows r0 .. r0+rows-1 (of one row group) of a step's gradients dg (its first row;
+  // row stride w), columns j0 .. j0+width-1.
   void add(int64_t r0, int64_t rows, const T* dg, int64_t j0, int64_t width) const {
     if (!db_) return;
+    const int64_t group = groups_.group_of(r0);
     for (int64_t r = r0; r < r0 + rows; ++r) {
-      T* __restrict__ acc = sums_ + r / kBlockRows * w_ + j0;
+      T* __restrict__ acc = sums_ + (r / kBlockRows + group) * w_ + j0;
       const T* __restrict__ g = dg + r * w_ + j0;
       for (int64_t j = 0; j < width; ++j) acc[j] += g[j];
     }
@@ -321,27 +235,15 @@ class BiasGradSums {
   void finish() const {
     if (!db_) return;
     std::copy(sums_, sums_ + w_, db_);
-    for (int64_t k = 1; k < tiles_; ++k)
+    for (int64_t k = 1; k < partials_; ++k)
       for (int64_t j = 0; j < w_; ++j) db_[j] += sums_[k * w_ + j];
   }
 
  private:
-  const int64_t w_, tiles_;
+  const RowGroups& groups_;
+  const int64_t w_, partials_;
   T* const db_;
   T* const sums_;
-};
-
-struct Steps {
-  int64_t T = 0, N = 0, S = 0;
-  bool reverse = false;
-  c10::SmallVector<int64_t, 128> bs, off;  // [T] rows and first row of each time step
-  // Time step processed i-th (the recurrence walks i = 0..T-1).
-  int64_t time(int64_t i) const { return reverse ? T - 1 - i : i; }
-  // Rows of step time(i) whose previous state is row r of step time(i-1) (the rest start
-  // from h0/c0): torch.nn's packed semantics for both directions.
-  int64_t carried(int64_t i) const {
-    return i == 0 ? 0 : std::min(bs[time(i)], bs[time(i - 1)]);
-  }
 };
 
 // Validates input/batch_sizes against h0 [N,P] and lays out the steps.
@@ -424,8 +326,8 @@ inline void gather_last(const Steps& st, const T* seq, int64_t w, T* dst) {
 // a whole number of panels), else row-major.
 //
 // Blocks are packed in parallel, split over the threads as a step of one row tile split by
-// units (StepTiles) splits its tiles, so each block lands in the cache of the thread that
-// multiplies by it (split by rows, every thread multiplies by every block). Packed
+// units (StepShare::tiles) splits its tiles, so each block lands in the cache of the thread
+// that multiplies by it (by rows, every thread multiplies by every block). Packed
 // on the calling thread, the two 4 MiB packs of an LSTM forward at H=512 took ~3 ms of
 // ~180 (one thread) while any other thread waited.
 template <typename T>
@@ -524,27 +426,22 @@ inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) 
   }
 }
 
-// dh[r, :] = direct[r, :] + dg[r, :] @ w_hh for the bt active rows of one step of a
-// sequence of `steps` steps:
+// dh[r, :] = direct[r, :] + dg[r, :] @ w_hh for the share's active rows of one step of bt
+// rows:
 //   dg [bt, G*H] (row stride G*H) gate pre-activation gradients on the hidden side,
 //   w_hh [G*H, P], wp: w_hh from pack_prev_state_weight, dh [N, P] the recurrent gradient
 //   state (rows >= bt untouched),
 //   direct(r, p0, p1, out) writes the gradient reaching h_{t-1} outside W_hh (GRU's z*dh)
 //   into out[p0:p1] and returns true, or returns false when there is none.
-// Tiles are StepTiles over blocks of kUnitBlock columns of P.
 template <typename T, class Direct>
-inline void grad_to_prev_state(int64_t steps, int64_t bt, int64_t GH, int64_t P,
+inline void grad_to_prev_state(const StepShare& share, int64_t bt, int64_t GH, int64_t P,
                                const T* dg, const T* w_hh, const T* wp, T* dh,
                                const Direct& direct) {
-  const StepTiles tiles(steps, bt, div_up(P, kUnitBlock), GH * P * int64_t(sizeof(T)));
-  parallel_tiles(tiles.count(),
-                 tiles.max_rows() * std::min(P, tiles.blocks_per_tile() * kUnitBlock) * GH,
-                 [&](int64_t tile) {
-    const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-    const int64_t p0 = tiles.first_block(tile) * kUnitBlock;
-    const int64_t pc = std::min(tiles.end_block(tile) * kUnitBlock, P) - p0;
+  share.tiles(bt, P, GH, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+    const int64_t rows = r1 - r0, p0 = k0 * kUnitBlock;
+    const int64_t pc = std::min(k1 * kUnitBlock, P) - p0;
     bool acc = false;
-    for (int64_t r = r0; r < r0 + rows; ++r) acc = direct(r, p0, p0 + pc, dh + r * P);
+    for (int64_t r = r0; r < r1; ++r) acc = direct(r, p0, p0 + pc, dh + r * P);
     T* out = dh + r0 * P + p0;
     if constexpr (std::is_same_v<T, float>) {
       if (packed_gemm_available()) {
@@ -556,6 +453,23 @@ inline void grad_to_prev_state(int64_t steps, int64_t bt, int64_t GH, int64_t P,
     gemm_rm(false, false, rows, pc, GH, dg + r0 * GH, GH, w_hh + p0, P, acc ? T(1) : T(0),
             out, P);
   });
+}
+
+// h_{t-1} for the rows r0 .. r1-1 of step i (r1 <= its active rows), as a pointer p with
+// row r at p + r * P: h0, or the previous step's rows of out ([S, P]), or, where a reverse
+// packed step starts rows that the previous step did not have, those rows of hbuf
+// ([N, P]) filled from both.
+template <typename T>
+inline const T* prev_state(const Steps& st, int64_t i, int64_t r0, int64_t r1, const T* h0,
+                           const T* out, int64_t P, T* hbuf) {
+  if (i == 0) return h0;
+  const int64_t nc = st.carried(i);
+  const T* prev = out + st.off[st.time(i - 1)] * P;
+  if (r1 <= nc) return prev;
+  const int64_t split = std::clamp(nc, r0, r1);
+  std::copy(prev + r0 * P, prev + split * P, hbuf + r0 * P);
+  std::copy(h0 + split * P, h0 + r1 * P, hbuf + split * P);
+  return hbuf;
 }
 
 }  // namespace cpu

@@ -25,44 +25,31 @@ template <typename T, bool kRelu>
 void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_ih,
              const T* w_hh, const T* bih, const T* bhh, const T* h0, T* out, T* hn, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
-  InputProjection<T> xproj(st, 1, H, C, x, w_ih, bih, scratch);
+  const RowGroups groups(st, nblk, H * H * int64_t(sizeof(T)));
+  InputProjection<T> xproj(st, 1, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, 1, H, C);  // [nblk][H][kUnitBlock]
   T* gh = wblk + nblk * H * kUnitBlock;     // [nblk][N][kUnitBlock]
   T* hbuf = gh + nblk * N * kUnitBlock;     // [N, H]
 
   pack_unit_blocks(w_hh, 1, H, H, wblk);
 
-  for (int64_t i = 0; i < st.T; ++i) {
-    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
-    xproj.before_step(i);
-    const T* hp = h0;
-    if (i > 0) {
-      const T* prev = out + st.off[st.time(i - 1)] * H;
-      if (nc == bt) {
-        hp = prev;
-      } else {  // reverse packed: rows starting now take h0
-        std::copy(prev, prev + nc * H, hbuf);
-        std::copy(h0 + nc * H, h0 + bt * H, hbuf + nc * H);
-        hp = hbuf;
-      }
-    }
-    const StepTiles tiles(st.T, bt, nblk, H * H * int64_t(sizeof(T)));
-    parallel_tiles(tiles.count(),
-                   tiles.max_rows() * tiles.blocks_per_tile() * std::min(H, kUnitBlock) * H,
-                   [&](int64_t tile) {
-      const int64_t r0 = tiles.first_row(tile), rows = tiles.end_row(tile) - r0;
-      for (int64_t k = tiles.first_block(tile); k < tiles.end_block(tile); ++k) {
+  run_steps(st, groups, false, H * (H + C), [&](int64_t i) { xproj.before_step(i); },
+            [&](int64_t i, const StepShare& share) {
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    const T* hp = prev_state(st, i, share.first_row(), share.end_row(bt), h0, out, H, hbuf);
+    share.tiles(bt, H, H, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
         const int64_t u0 = k * kUnitBlock, ub = std::min(kUnitBlock, H - u0);
         T* g = gh + k * N * kUnitBlock + r0 * ub;
-        step_product(rows, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
-        const T* xpk = xproj.block(i, k);
-        for_rows<T>(r0, r0 + rows, [&](int64_t r) {
+        step_product(r1 - r0, ub, H, hp + r0 * H, wblk + k * H * kUnitBlock, g);
+        const T* xpk = xproj.block(i, k, r0, r1);
+        for_rows<T>(r0, r1, [&](int64_t r) {
           fwd_row<T, kRelu>(ub, xpk + r * ub, g + (r - r0) * ub, bhh + u0,
                             out + (off + r) * H + u0);
         });
       }
     });
-  }
+  });
   gather_last(st, out, H, hn);
 }
 
@@ -73,31 +60,33 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
               const T* h0, const T* out, T* dout, T* dh, bool need_dh0, T* dx, T* dw_ih,
               T* dw_hh, T* db, T* scratch) {
   const int64_t S = st.S;
+  const RowGroups groups(st, div_up(H, kUnitBlock), H * H * int64_t(sizeof(T)));
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
   T* hprev = dg + S * H;    // [S, H]
   T* bias_sums = hprev + S * H;  // BiasGradSums
   T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, H);  // backward_pack_scratch
-  const BiasGradSums<T> db_sums(st.N, H, db, bias_sums);
+  const BiasGradSums<T> db_sums(groups, st.N, H, db, bias_sums);
   gather_prev(st, h0, H, out, H, H, hprev);
   pack_prev_state_weight(H, H, w_hh, panels);
 
-  for (int64_t i = st.T - 1; i >= 0; --i) {
+  run_steps(st, groups, true, 2 * H * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
-    add_state_grad(dout + off * H, dh, bt * H);
+    const int64_t r0 = share.first_row(), r1 = share.end_row(bt);
+    add_state_grad(dout + (off + r0) * H, dh + r0 * H, (r1 - r0) * H);
     {
       const T* __restrict__ g = dout + off * H;
       const T* __restrict__ y = out + off * H;
       T* __restrict__ d = dg + off * H;
-      for (int64_t j = 0; j < bt * H; ++j)
+      for (int64_t j = r0 * H; j < r1 * H; ++j)
         // !(y <= 0), as torch's threshold_backward: a NaN output passes its gradient on.
         d[j] = kRelu ? (!(y[j] <= T(0)) ? g[j] : T(0)) : g[j] * (T(1) - y[j] * y[j]);
-      db_sums.add(0, bt, d, 0, H);
+      db_sums.add(r0, r1 - r0, d, 0, H);
     }
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(st.T, bt, H, H, dg + off * H, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, H, H, dg + off * H, w_hh, panels, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
-  }
+  });
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, H), H, dw_hh}}, panels);
