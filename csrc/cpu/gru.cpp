@@ -105,11 +105,13 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   T* hprev = dgh + S * GH;   // [S, H]
   T* bias_sums = hprev + S * H;  // 2 BiasGradSums
   const int64_t sums_size = BiasGradSums<T>::scratch_size(st.N, GH);
-  T* panels = bias_sums + 2 * sums_size;  // backward_pack_scratch: packed operands
+  // dgi and dgh each need dg^T packed for their weight gradient: packed after the
+  // recurrence, in turn, into one gate_grads region.
+  const BackwardPanels<T> panels(bias_sums + 2 * sums_size, S, GH);
   const BiasGradSums<T> dbi_sums(groups, st.N, GH, db_ih, bias_sums);
   const BiasGradSums<T> dbh_sums(groups, st.N, GH, db_hh, bias_sums + sums_size);
   gather_prev(st, h0, H, out, H, H, hprev);
-  pack_prev_state_weight(GH, H, w_hh, panels);
+  pack_prev_state_weight(GH, H, w_hh, panels.operands);
 
   run_steps(st, groups, true, 2 * GH * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
@@ -130,7 +132,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh. The
     // first step's reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(share, bt, GH, H, dgh + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, GH, H, dgh + off * GH, w_hh, panels.operands, dh,
                          [&](int64_t r, int64_t p0, int64_t p1, T* o) {
         const T* g = dout + (off + r) * H;
         const T* z = ws + (off + r) * 4 * H + H;
@@ -140,8 +142,8 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   });
   if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels);
-    weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels);
+    weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels, false);
+    weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels, false);
     dbi_sums.finish();
     dbh_sums.finish();
   }

@@ -123,10 +123,12 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
   T* hraw = hprev + S * P;      // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
   T* bias_sums = kProj ? dhraw + st.N * H : hraw;  // BiasGradSums
-  T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, GH);  // backward_pack_scratch
+  const BackwardPanels<T> panels(bias_sums + BiasGradSums<T>::scratch_size(st.N, GH), S, GH);
   const BiasGradSums<T> db_sums(groups, st.N, GH, db, bias_sums);
+  // Each tile's gates start on a kBlockRows boundary where H is a multiple of it.
+  const bool tiles_pack_dg = dw_ih && use_packed_gemm<T>() && H % kBlockRows == 0;
   gather_prev(st, h0, P, out, P, P, hprev);
-  pack_prev_state_weight(GH, P, w_hh, panels);
+  pack_prev_state_weight(GH, P, w_hh, panels.operands);
 
   run_steps(st, groups, true, GH * P + (kProj ? H * P : 0), [](int64_t) {},
             [&](int64_t i, const StepShare& share) {
@@ -151,17 +153,20 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
                           ws + row * 5 * H + u0, cp + u0, dc + r * H + u0,
                           dg + row * GH + u0, kProj ? hraw + row * H + u0 : nullptr);
       });
-      for (int64_t g = 0; g < G; ++g) db_sums.add(r0, r1 - r0, dg + off * GH, g * H + u0, ub);
+      for (int64_t g = 0; g < G; ++g) {
+        db_sums.add(r0, r1 - r0, dg + off * GH, g * H + u0, ub);
+        if (tiles_pack_dg) pack_gate_grads(S, GH, off + r0, off + r1, g * H + u0, ub, dg, panels);
+      }
     });
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(share, bt, GH, P, dg + off * GH, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, GH, P, dg + off * GH, w_hh, panels.operands, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
   });
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
   if (dw_ih) {
     weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, P), P, dw_hh}},
-                    panels);
+                    panels, tiles_pack_dg);
     if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
     db_sums.finish();
   }

@@ -135,14 +135,54 @@ inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const
   });
 }
 
-// dx[S, C] = dg[S, GH] @ w_ih[GH, C]. wp: backward_pack_scratch (unused without packing).
+// The packed operands of a backward call, in backward_pack_scratch (where packed_gemm does
+// not run, it is empty and nothing is packed):
+//   gate_grads: dg^T as weight_grads' A operand ([G*H, S] in pack_row_blocks' layout);
+//   operands: the B operands, one use after another: W_hh for grad_to_prev_state, W_ih
+//     for input_grad, the activations for weight_grads.
 template <typename T>
-inline void input_grad(int64_t S, int64_t GH, int64_t C, const T* dg, const T* w_ih, T* wp,
-                       T* dx) {
+struct BackwardPanels {
+  BackwardPanels(T* scratch, int64_t S, int64_t GH)
+      : gate_grads(scratch),
+        operands(scratch + (use_packed_gemm<T>() ? S * div_up(GH, kBlockRows) * kBlockRows
+                                                 : 0)) {}
+  T* const gate_grads;
+  T* const operands;
+};
+
+// Floats of backward_pack_scratch for a backward of S rows, G*H gates, C inputs and P
+// hidden-state features: 0 where packed_gemm does not apply.
+inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t GH, int64_t C,
+                                     int64_t P) {
+  if (like.scalar_type() != at::kFloat || !packed_gemm_available()) return 0;
+  return S * div_up(GH, kBlockRows) * kBlockRows +
+         std::max({packed_size(GH, P), packed_size(GH, C), packed_size(S, std::max(C, P))});
+}
+
+// Sequence rows p0 .. p1-1, columns j0 .. j0+width-1 of dg [S, GH] into
+// panels.gate_grads, for weight_grads. j0 a multiple of kBlockRows, and width too unless
+// the columns reach GH. Only where packed_gemm runs.
+// The LSTM's recurrence packs the rows of each tile right after computing them, while they
+// are in cache: packed in one pass afterwards, its 52 MB dg at B=64, T=100, H=512 came
+// back from memory (pack_row_blocks ~2.4% of a forward+backward with two threads, perf),
+// and the forward+backward took ~267.7 ms against ~264.9 (ad hoc, alternated processes,
+// medians of 3). The RNN's dg ([S, H]) was as fast packed afterwards: packed by the steps,
+// its forward+backward at H=128 took 6.04 ms against 5.86.
+template <typename T>
+inline void pack_gate_grads(int64_t S, int64_t GH, int64_t p0, int64_t p1, int64_t j0,
+                            int64_t width, const T* dg, const BackwardPanels<T>& panels) {
+  if constexpr (std::is_same_v<T, float>)
+    pack_row_blocks(width, S, p0, p1, dg + j0, GH, panels.gate_grads + j0 * S);
+}
+
+// dx[S, C] = dg[S, GH] @ w_ih[GH, C].
+template <typename T>
+inline void input_grad(int64_t S, int64_t GH, int64_t C, const T* dg, const T* w_ih,
+                       const BackwardPanels<T>& panels, T* dx) {
   if constexpr (std::is_same_v<T, float>) {
     if (packed_gemm_available()) {
-      parallel_pack(GH, C, contiguous_rows(w_ih, GH, C), wp);
-      tiled_packed_gemm(S, C, GH, rows_operand(dg, GH), wp, nullptr, 0, dx, C);
+      parallel_pack(GH, C, contiguous_rows(w_ih, GH, C), panels.operands);
+      tiled_packed_gemm(S, C, GH, rows_operand(dg, GH), panels.operands, nullptr, 0, dx, C);
       return;
     }
   }
@@ -159,22 +199,25 @@ struct WeightGrad {
 };
 
 // dw = dg[S, GH]^T @ b for each term: the gradients of the weights that multiply b's rows
-// into the gates whose pre-activation gradients are dg. scratch: backward_pack_scratch
-// (unused without packing): dg^T packed once for all terms, then each b in turn.
+// into the gates whose pre-activation gradients are dg. Where packed_gemm runs, dg^T is
+// packed once for all terms into panels.gate_grads (unless gate_grads_packed: the
+// recurrence did, pack_gate_grads), then each b in turn into panels.operands.
 template <typename T>
 inline void weight_grads(int64_t S, int64_t GH, const T* dg,
-                         std::initializer_list<WeightGrad<T>> terms, T* scratch) {
+                         std::initializer_list<WeightGrad<T>> terms,
+                         const BackwardPanels<T>& panels, bool gate_grads_packed) {
   if constexpr (std::is_same_v<T, float>) {
     if (packed_gemm_available()) {
       // dg^T packed in chunks of steps: each chunk's rows are read once, contiguously.
       constexpr int64_t kChunk = 64;
-      parallel_tiles(div_up(S, kChunk), kChunk * GH, [&](int64_t i) {
-        pack_row_blocks(GH, S, i * kChunk, std::min(S, (i + 1) * kChunk), dg, GH, scratch);
-      });
-      T* bp = scratch + S * div_up(GH, kBlockRows) * kBlockRows;
+      if (!gate_grads_packed)
+        parallel_tiles(div_up(S, kChunk), kChunk * GH, [&](int64_t i) {
+          pack_gate_grads(S, GH, i * kChunk, std::min(S, (i + 1) * kChunk), 0, GH, dg, panels);
+        });
       for (const WeightGrad<T>& t : terms) {
-        parallel_pack(S, t.n, t.b, bp);
-        tiled_packed_gemm(GH, t.n, S, blocks_operand(scratch, S), bp, nullptr, 0, t.dw, t.n);
+        parallel_pack(S, t.n, t.b, panels.operands);
+        tiled_packed_gemm(GH, t.n, S, blocks_operand(panels.gate_grads, S), panels.operands,
+                          nullptr, 0, t.dw, t.n);
       }
       return;
     }
@@ -183,16 +226,6 @@ inline void weight_grads(int64_t S, int64_t GH, const T* dg,
     TORCH_INTERNAL_ASSERT(t.b.contiguous(S, t.n), "fastrnn: gemm_rm needs contiguous rows");
     tiled_gemm(true, false, GH, t.n, S, dg, GH, t.b.data, t.n, T(0), t.dw, t.n);
   }
-}
-
-// Floats of the region a backward call packs its operands into, one use after another:
-// W_hh for grad_to_prev_state, W_ih for input_grad, then weight_grads' dg^T and
-// activations (b of width C or P). 0 where packed_gemm does not apply.
-inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t GH, int64_t C,
-                                     int64_t P) {
-  if (like.scalar_type() != at::kFloat || !packed_gemm_available()) return 0;
-  return std::max({packed_size(GH, P), packed_size(GH, C),
-                   S * div_up(GH, kBlockRows) * kBlockRows + packed_size(S, std::max(C, P))});
 }
 
 // Bias gradients db[j] = sum over all S rows of dg[row, j], summed by the recurrence while
@@ -417,7 +450,7 @@ inline void add_state_grad(T* __restrict__ dh_out, const T* __restrict__ dh_stat
   for (int64_t j = 0; j < n; ++j) dh_out[j] += dh_state[j];
 }
 
-// w_hh [G*H, P] packed for grad_to_prev_state into wp (backward_pack_scratch), when
+// w_hh [G*H, P] packed for grad_to_prev_state into wp (BackwardPanels::operands), when
 // packed_gemm runs it; the BLAS path reads w_hh as it is.
 template <typename T>
 inline void pack_prev_state_weight(int64_t GH, int64_t P, const T* w_hh, T* wp) {

@@ -64,10 +64,10 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
   T* hprev = dg + S * H;    // [S, H]
   T* bias_sums = hprev + S * H;  // BiasGradSums
-  T* panels = bias_sums + BiasGradSums<T>::scratch_size(st.N, H);  // backward_pack_scratch
+  const BackwardPanels<T> panels(bias_sums + BiasGradSums<T>::scratch_size(st.N, H), S, H);
   const BiasGradSums<T> db_sums(groups, st.N, H, db, bias_sums);
   gather_prev(st, h0, H, out, H, H, hprev);
-  pack_prev_state_weight(H, H, w_hh, panels);
+  pack_prev_state_weight(H, H, w_hh, panels.operands);
 
   run_steps(st, groups, true, 2 * H * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
     const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
@@ -84,12 +84,13 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
     }
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
     if (i > 0 || need_dh0)
-      grad_to_prev_state(share, bt, H, H, dg + off * H, w_hh, panels, dh,
+      grad_to_prev_state(share, bt, H, H, dg + off * H, w_hh, panels.operands, dh,
                          [](int64_t, int64_t, int64_t, T*) { return false; });
   });
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, H), H, dw_hh}}, panels);
+    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, H), H, dw_hh}}, panels,
+                    false);
     db_sums.finish();
   }
 }
