@@ -119,15 +119,15 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
   const int64_t GH = G * H, S = st.S, nblk = div_up(H, kUnitBlock);
   const RowGroups groups(st, nblk, GH * P * int64_t(sizeof(T)));
   T* dg = scratch;              // [S, 4H] gate pre-activation gradients (both sides)
-  T* hprev = dg + S * GH;       // [S, P]
-  T* hraw = hprev + S * P;      // [S, H] (kProj) unprojected h_t
+  T* hprev = dg + S * GH;       // [S, P] (gathered_prev_size)
+  T* hraw = hprev + gathered_prev_size<T>(S, P);  // [S, H] (kProj) unprojected h_t
   T* dhraw = hraw + S * H;      // [N, H] (kProj) dL/d(unprojected h_t) of one step
   T* bias_sums = kProj ? dhraw + st.N * H : hraw;  // BiasGradSums
   const BackwardPanels<T> panels(bias_sums + BiasGradSums<T>::scratch_size(st.N, GH), S, GH);
   const BiasGradSums<T> db_sums(groups, st.N, GH, db, bias_sums);
   // Each tile's gates start on a kBlockRows boundary where H is a multiple of it.
   const bool tiles_pack_dg = dw_ih && use_packed_gemm<T>() && H % kBlockRows == 0;
-  gather_prev(st, h0, P, out, P, P, hprev);
+  const Rows<T> prev = prev_states_operand(st, h0, out, P, dw_ih != nullptr, hprev);
   pack_prev_state_weight(GH, P, w_hh, panels.operands);
 
   run_steps(st, groups, true, GH * P + (kProj ? H * P : 0), [](int64_t) {},
@@ -165,8 +165,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
   });
   if (dx) input_grad(S, GH, C, dg, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, P), P, dw_hh}},
-                    panels, tiles_pack_dg);
+    weight_grads<T>(S, GH, dg, {{x, C, dw_ih}, {prev, P, dw_hh}}, panels, tiles_pack_dg);
     if (kProj) tiled_gemm(true, false, P, H, S, dout, P, hraw, H, T(0), dw_hr, H);
     db_sums.finish();
   }
@@ -259,7 +258,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd", [&] {
     using T = scalar_t;
     const auto scratch = backward_scratch<T>(
-        grad_output, S * (GH + P) + (proj ? S * H + N * H : 0) +
+        grad_output, S * GH + gathered_prev_size<T>(S, P) + (proj ? S * H + N * H : 0) +
                          BiasGradSums<T>::scratch_size(N, GH) +
                          backward_pack_scratch(input, S, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;

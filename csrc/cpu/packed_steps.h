@@ -75,23 +75,55 @@ inline bool use_packed_gemm() {
 // Where row p of a [k, n] operand lies: at data + p / per_step * step_stride +
 // p % per_step * row_stride, each row's n elements contiguous. Padded layer input is read
 // in place at its own strides (per_step = N rows a time step); a contiguous matrix is one
-// step of k rows (contiguous_rows).
+// step of k rows (contiguous_rows). Or, from prev_state_rows (starts_of set), row p is the
+// state its row of its step starts from: a row of the previous step's rows at data, or of
+// init, row_stride apart in both.
 template <typename T>
 struct Rows {
   const T* data;
   int64_t per_step, step_stride, row_stride;
+  const Steps* starts_of = nullptr;
+  const T* init = nullptr;
+
+  // Row p of the first form.
   const T* row(int64_t p) const {
     return data + p / per_step * step_stride + p % per_step * row_stride;
   }
+  // Rows p .. p + *count - 1 (1 <= *count <= p1 - p) lie row_stride apart from the one
+  // returned.
+  const T* run(int64_t p, int64_t p1, int64_t* count) const {
+    if (starts_of == nullptr) {
+      *count = std::min(p1, (p / per_step + 1) * per_step) - p;
+      return row(p);
+    }
+    const Steps& st = *starts_of;
+    const int64_t t = std::upper_bound(st.off.begin(), st.off.end(), p) - st.off.begin() - 1;
+    const int64_t i = st.reverse ? st.T - 1 - t : t, r = p - st.off[t], nc = st.carried(i);
+    if (r < nc) {
+      *count = std::min(p1 - p, nc - r);
+      return data + (st.off[st.time(i - 1)] + r) * row_stride;
+    }
+    *count = std::min(p1 - p, st.bs[t] - r);
+    return init + r * row_stride;
+  }
   // Whether row p lies at data + p * n for every p < k.
   bool contiguous(int64_t k, int64_t n) const {
-    return row_stride == n && (per_step >= k || step_stride == per_step * n);
+    return starts_of == nullptr && row_stride == n &&
+           (per_step >= k || step_stride == per_step * n);
   }
 };
 
 template <typename T>
 Rows<T> contiguous_rows(const T* data, int64_t k, int64_t n) {
   return {data, std::max<int64_t>(k, 1), 0, n};
+}
+
+// The rows gather_prev(st, init, w, seq, w, w, dst) copies into dst, where they lie: the
+// state each row of each step starts from (seq [S, w], init [N, w]). For packed_gemm's
+// packing only (not contiguous).
+template <typename T>
+Rows<T> prev_state_rows(const Steps& st, const T* init, const T* seq, int64_t w) {
+  return {seq, 1, 0, w, &st, init};
 }
 
 // pack_panels of a [k, n] matrix in parallel, over tiles of one panel by kRows rows: the
@@ -105,10 +137,11 @@ inline void parallel_pack(int64_t k, int64_t n, const Rows<float>& b, float* out
   const int64_t chunks = div_up(k, kRows);
   parallel_tiles(div_up(n, kPanel) * chunks, kRows * kPanel, [&](int64_t tile) {
     const int64_t j0 = tile / chunks * kPanel, p1 = std::min(k, (tile % chunks + 1) * kRows);
-    // One pack_panels per run of rows within a step.
+    // One pack_panels per run of evenly spaced rows.
     for (int64_t p = tile % chunks * kRows; p < p1;) {
-      const int64_t run = std::min(p1, (p / b.per_step + 1) * b.per_step) - p;
-      pack_panels(run, std::min(kPanel, n - j0), b.row(p) + j0, b.row_stride, 1,
+      int64_t run;
+      const float* first = b.run(p, p1, &run);
+      pack_panels(run, std::min(kPanel, n - j0), first + j0, b.row_stride, 1,
                   out + j0 * k + p * kPanel);
       p += run;
     }
@@ -336,6 +369,25 @@ inline void gather_prev(const Steps& st, const T* init, int64_t ld_init, const T
       std::copy(s, s + w, d + r * w);
     }
   });
+}
+
+// Elements of the [S, w] copy of the previous states that a backward's W_hh gradient reads
+// on gemm_rm; packed_gemm packs them where they lie instead (a 13 MB copy at B=64, T=100,
+// H=512).
+template <typename T>
+inline int64_t gathered_prev_size(int64_t S, int64_t w) {
+  return use_packed_gemm<T>() ? 0 : S * w;
+}
+
+// The previous states h_{t-1} of every row (from init [N, w] and seq [S, w]) as the W_hh
+// gradient's operand: where they lie on packed_gemm, else gathered into dst
+// (gathered_prev_size elements) when `wanted`.
+template <typename T>
+inline Rows<T> prev_states_operand(const Steps& st, const T* init, const T* seq, int64_t w,
+                                   bool wanted, T* dst) {
+  if (use_packed_gemm<T>()) return prev_state_rows(st, init, seq, w);
+  if (wanted) gather_prev(st, init, w, seq, w, w, dst);
+  return contiguous_rows(dst, st.S, w);
 }
 
 // dst[N,w] = each row's value at the last step that row was active in (h_n from the

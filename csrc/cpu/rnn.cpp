@@ -62,11 +62,11 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   const int64_t S = st.S;
   const RowGroups groups(st, div_up(H, kUnitBlock), H * H * int64_t(sizeof(T)));
   T* dg = scratch;          // [S, H] pre-activation gradients (both sides)
-  T* hprev = dg + S * H;    // [S, H]
-  T* bias_sums = hprev + S * H;  // BiasGradSums
+  T* hprev = dg + S * H;    // [S, H] (gathered_prev_size)
+  T* bias_sums = hprev + gathered_prev_size<T>(S, H);  // BiasGradSums
   const BackwardPanels<T> panels(bias_sums + BiasGradSums<T>::scratch_size(st.N, H), S, H);
   const BiasGradSums<T> db_sums(groups, st.N, H, db, bias_sums);
-  gather_prev(st, h0, H, out, H, H, hprev);
+  const Rows<T> prev = prev_states_operand(st, h0, out, H, dw_ih != nullptr, hprev);
   pack_prev_state_weight(H, H, w_hh, panels.operands);
 
   run_steps(st, groups, true, 2 * H * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
@@ -89,8 +89,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   });
   if (dx) input_grad(S, H, C, dg, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {contiguous_rows(hprev, S, H), H, dw_hh}}, panels,
-                    false);
+    weight_grads<T>(S, H, dg, {{x, C, dw_ih}, {prev, H, dw_hh}}, panels, false);
     db_sums.finish();
   }
 }
@@ -150,7 +149,8 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor db = grad_result(need_grad_weights, {H}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_layer_bwd", [&] {
     const auto scratch = backward_scratch<scalar_t>(
-        grad_output, st.S * 2 * H + BiasGradSums<scalar_t>::scratch_size(st.N, H) +
+        grad_output, st.S * H + gathered_prev_size<scalar_t>(st.S, H) +
+                         BiasGradSums<scalar_t>::scratch_size(st.N, H) +
                          backward_pack_scratch(input, st.S, H, C, H));
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, weight_grad_rows<scalar_t>(input, st), w_ih.const_data_ptr<scalar_t>(),
