@@ -410,6 +410,27 @@ def test_large_weights_split_units(mode):
         assert torch.equal(a, b), "1 thread and 2 threads differ"
 
 
+@pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
+@pytest.mark.parametrize("mode", MODES)
+def test_gate_grads_packed_by_tiles(mode, packed):
+    """Split by units where H is a multiple of 8 (H=520), the LSTM's and GRU's backward
+    tiles pack dg^T for the weight gradients as they compute it, and the GRU's W_hh
+    gradient takes its r and z rows from dgi's pack (csrc/cpu/gru.cpp): against the
+    reference with two threads, packed input in reverse too, and bitwise with one."""
+    size = (4, 70, 24, 520)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        test_matches_reference(mode, size, packed, packed, True, torch.float32)
+        two = all_results(mode, size, packed, packed)
+        torch.set_num_threads(1)
+        one = all_results(mode, size, packed, packed)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b), "1 thread and 2 threads differ"
+
+
 @pytest.fixture
 def nan_filled_empty():
     """torch.empty (and at::empty in the kernels) returns NaN-filled memory."""

@@ -92,6 +92,20 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
   gather_last(st, out, H, hn);
 }
 
+// dw_hh [3H, H] = dgh^T @ hprev ([S, H]) from the tiles' packs (gate_grads: dgi^T's r, z
+// and n rows, then dgh^T's n rows): the r and z rows from dgi^T's, which are equal.
+template <typename T>
+void hidden_weight_grad_from_packed(int64_t S, int64_t H, const T* hprev,
+                                    const BackwardPanels<T>& panels, T* dw_hh) {
+  if constexpr (std::is_same_v<T, float>) {
+    parallel_pack(S, H, contiguous_rows(hprev, S, H), panels.operands);
+    tiled_packed_gemm(2 * H, H, S, blocks_operand(panels.gate_grads, S), panels.operands,
+                      nullptr, 0, dw_hh, H);
+    tiled_packed_gemm(H, H, S, blocks_operand(panels.gate_grads + G * H * S, S),
+                      panels.operands, nullptr, 0, dw_hh + 2 * H * H, H);
+  }
+}
+
 // dx, or dw_ih with dw_hh, db_ih and db_hh, null: that gradient is not wanted and not
 // computed; dh ends as grad_h0 when need_dh0.
 template <typename T>
@@ -105,9 +119,12 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   T* hprev = dgh + S * GH;   // [S, H]
   T* bias_sums = hprev + S * H;  // 2 BiasGradSums
   const int64_t sums_size = BiasGradSums<T>::scratch_size(st.N, GH);
-  // dgi and dgh each need dg^T packed for their weight gradient: packed after the
-  // recurrence, in turn, into one gate_grads region.
-  const BackwardPanels<T> panels(bias_sums + 2 * sums_size, S, GH);
+  // The weight gradients read dgi^T and dgh^T packed, whose r and z rows are equal (dgi and
+  // dgh differ in the n gate only). Where the tiles pack them (tiles_pack_gate_grads), they
+  // pack dgi's three gates and then dgh's n gate into gate_grads; otherwise weight_grads
+  // packs dgi and dgh in turn after the recurrence.
+  const bool tiles_pack_dg = tiles_pack_gate_grads<T>(groups, H, dw_ih != nullptr);
+  const BackwardPanels<T> panels(bias_sums + 2 * sums_size, S, GH + H);
   const BiasGradSums<T> dbi_sums(groups, st.N, GH, db_ih, bias_sums);
   const BiasGradSums<T> dbh_sums(groups, st.N, GH, db_hh, bias_sums + sums_size);
   gather_prev(st, h0, H, out, H, H, hprev);
@@ -126,8 +143,15 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
       });
       for (int64_t g = 0; g < G; ++g) {
         dbi_sums.add(r0, r1 - r0, dgi + off * GH, g * H + u0, ub);
-        dbh_sums.add(r0, r1 - r0, dgh + off * GH, g * H + u0, ub);
+        if (tiles_pack_dg)
+          pack_gate_grads(S, GH, off + r0, off + r1, g * H + u0, ub, dgi,
+                          panels.gate_grads + (g * H + u0) * S);
       }
+      // db_hh's r and z sums are db_ih's (finish() copies them).
+      dbh_sums.add(r0, r1 - r0, dgh + off * GH, 2 * H + u0, ub);
+      if (tiles_pack_dg)
+        pack_gate_grads(S, GH, off + r0, off + r1, 2 * H + u0, ub, dgh,
+                        panels.gate_grads + (GH + u0) * S);
     });
     // h' = n + z (h - n) reaches h_{t-1} directly through z as well as through W_hh. The
     // first step's reaches only h0: skipped where grad_h0 is not wanted.
@@ -142,10 +166,14 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   });
   if (dx) input_grad(S, GH, C, dgi, w_ih, panels, dx);
   if (dw_ih) {
-    weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels, false);
-    weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels, false);
+    weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels, tiles_pack_dg);
+    if (tiles_pack_dg)
+      hidden_weight_grad_from_packed(S, H, hprev, panels, dw_hh);
+    else
+      weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels, false);
     dbi_sums.finish();
     dbh_sums.finish();
+    std::copy(db_ih, db_ih + 2 * H, db_hh);
   }
 }
 
@@ -211,7 +239,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
     const auto scratch = backward_scratch<scalar_t>(
         grad_output, st.S * (2 * GH + H) + 2 * BiasGradSums<scalar_t>::scratch_size(st.N, GH) +
-                         backward_pack_scratch(input, st.S, GH, C, H));
+                         backward_pack_scratch(input, st.S, GH + H, GH, C, H));
     backward<scalar_t>(st, C, H, weight_grad_rows<scalar_t>(input, st),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
                        h0.const_data_ptr<scalar_t>(), output.const_data_ptr<scalar_t>(),

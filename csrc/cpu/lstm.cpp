@@ -125,8 +125,7 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
   T* bias_sums = kProj ? dhraw + st.N * H : hraw;  // BiasGradSums
   const BackwardPanels<T> panels(bias_sums + BiasGradSums<T>::scratch_size(st.N, GH), S, GH);
   const BiasGradSums<T> db_sums(groups, st.N, GH, db, bias_sums);
-  // Each tile's gates start on a kBlockRows boundary where H is a multiple of it.
-  const bool tiles_pack_dg = dw_ih && use_packed_gemm<T>() && H % kBlockRows == 0;
+  const bool tiles_pack_dg = tiles_pack_gate_grads<T>(groups, H, dw_ih != nullptr);
   const Rows<T> prev = prev_states_operand(st, h0, out, P, dw_ih != nullptr, hprev);
   pack_prev_state_weight(GH, P, w_hh, panels.operands);
 
@@ -155,7 +154,9 @@ void backward(const Steps& st, int64_t C, int64_t H, int64_t P, Rows<T> x, const
       });
       for (int64_t g = 0; g < G; ++g) {
         db_sums.add(r0, r1 - r0, dg + off * GH, g * H + u0, ub);
-        if (tiles_pack_dg) pack_gate_grads(S, GH, off + r0, off + r1, g * H + u0, ub, dg, panels);
+        if (tiles_pack_dg)
+          pack_gate_grads(S, GH, off + r0, off + r1, g * H + u0, ub, dg,
+                          panels.gate_grads + (g * H + u0) * S);
       }
     });
     // The first step's product reaches only h0: skipped where grad_h0 is not wanted.
@@ -260,7 +261,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const auto scratch = backward_scratch<T>(
         grad_output, S * GH + gathered_prev_size<T>(S, P) + (proj ? S * H + N * H : 0) +
                          BiasGradSums<T>::scratch_size(N, GH) +
-                         backward_pack_scratch(input, S, GH, C, P));
+                         backward_pack_scratch(input, S, GH, GH, C, P));
     auto run = proj ? backward<T, true> : backward<T, false>;
     run(st, C, H, P, weight_grad_rows<T>(input, st), w_ih.const_data_ptr<T>(),
         w_hh.const_data_ptr<T>(), proj ? w_hr.const_data_ptr<T>() : nullptr,

@@ -170,42 +170,52 @@ inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const
 
 // The packed operands of a backward call, in backward_pack_scratch (where packed_gemm does
 // not run, it is empty and nothing is packed):
-//   gate_grads: dg^T as weight_grads' A operand ([G*H, S] in pack_row_blocks' layout);
+//   gate_grads: dg^T as weight_grads' A operand ([dg_cols, S] in pack_row_blocks' layout;
+//     dg_cols: G*H, or more where a cell packs more than one dg);
 //   operands: the B operands, one use after another: W_hh for grad_to_prev_state, W_ih
 //     for input_grad, the activations for weight_grads.
 template <typename T>
 struct BackwardPanels {
-  BackwardPanels(T* scratch, int64_t S, int64_t GH)
+  BackwardPanels(T* scratch, int64_t S, int64_t dg_cols)
       : gate_grads(scratch),
-        operands(scratch + (use_packed_gemm<T>() ? S * div_up(GH, kBlockRows) * kBlockRows
+        operands(scratch + (use_packed_gemm<T>() ? S * div_up(dg_cols, kBlockRows) * kBlockRows
                                                  : 0)) {}
   T* const gate_grads;
   T* const operands;
 };
 
 // Floats of backward_pack_scratch for a backward of S rows, G*H gates, C inputs and P
-// hidden-state features: 0 where packed_gemm does not apply.
-inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t GH, int64_t C,
-                                     int64_t P) {
+// hidden-state features, with dg_cols columns of dg^T packed (BackwardPanels): 0 where
+// packed_gemm does not apply.
+inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t dg_cols,
+                                     int64_t GH, int64_t C, int64_t P) {
   if (like.scalar_type() != at::kFloat || !packed_gemm_available()) return 0;
-  return S * div_up(GH, kBlockRows) * kBlockRows +
+  return S * div_up(dg_cols, kBlockRows) * kBlockRows +
          std::max({packed_size(GH, P), packed_size(GH, C), packed_size(S, std::max(C, P))});
 }
 
-// Sequence rows p0 .. p1-1, columns j0 .. j0+width-1 of dg [S, GH] into
-// panels.gate_grads, for weight_grads. j0 a multiple of kBlockRows, and width too unless
-// the columns reach GH. Only where packed_gemm runs.
-// The LSTM's recurrence packs the rows of each tile right after computing them, while they
-// are in cache: packed in one pass afterwards, its 52 MB dg at B=64, T=100, H=512 came
-// back from memory (pack_row_blocks ~2.4% of a forward+backward with two threads, perf),
-// and the forward+backward took ~267.7 ms against ~264.9 (ad hoc, alternated processes,
-// medians of 3). The RNN's dg ([S, H]) was as fast packed afterwards: packed by the steps,
-// its forward+backward at H=128 took 6.04 ms against 5.86.
+// Sequence rows p0 .. p1-1, columns j0 .. j0+width-1 of dg [S, GH] into dst, the place of
+// column j0 in a BackwardPanels' gate_grads (gate_grads + j0 * S for weight_grads). j0 a
+// multiple of kBlockRows, and width too unless the columns reach GH. Only where
+// packed_gemm runs.
 template <typename T>
 inline void pack_gate_grads(int64_t S, int64_t GH, int64_t p0, int64_t p1, int64_t j0,
-                            int64_t width, const T* dg, const BackwardPanels<T>& panels) {
-  if constexpr (std::is_same_v<T, float>)
-    pack_row_blocks(width, S, p0, p1, dg + j0, GH, panels.gate_grads + j0 * S);
+                            int64_t width, const T* dg, T* dst) {
+  if constexpr (std::is_same_v<T, float>) pack_row_blocks(width, S, p0, p1, dg + j0, GH, dst);
+}
+
+// Whether a backward's gate tiles pack dg^T for the weight gradients right after computing
+// their rows, while they are in cache (pack_gate_grads), rather than weight_grads in one
+// pass after the recurrence: where packed_gemm runs, the weight gradients are wanted,
+// every gate starts a kBlockRows block (H a multiple of it), and the steps go by units.
+// With two threads at B=64, T=100 (ad hoc, alternated processes, medians of 3), at H=512
+// (by units; dg 39-52 MB) forward+backward went from ~267.7 to ~264.9 ms (LSTM) and from
+// ~216.5 to ~208.7 (GRU, where the pass after the recurrence was ~5% of the time, perf);
+// by rows at H=128 it was slower: GRU 17.03 -> 17.43 ms, packed 8.30 -> 8.56; RNN 5.86 ->
+// 6.04.
+template <typename T>
+inline bool tiles_pack_gate_grads(const RowGroups& groups, int64_t H, bool weights_wanted) {
+  return weights_wanted && use_packed_gemm<T>() && H % kBlockRows == 0 && !groups.by_rows();
 }
 
 // dx[S, C] = dg[S, GH] @ w_ih[GH, C].
@@ -245,7 +255,8 @@ inline void weight_grads(int64_t S, int64_t GH, const T* dg,
       constexpr int64_t kChunk = 64;
       if (!gate_grads_packed)
         parallel_tiles(div_up(S, kChunk), kChunk * GH, [&](int64_t i) {
-          pack_gate_grads(S, GH, i * kChunk, std::min(S, (i + 1) * kChunk), 0, GH, dg, panels);
+          pack_gate_grads(S, GH, i * kChunk, std::min(S, (i + 1) * kChunk), 0, GH, dg,
+                          panels.gate_grads);
         });
       for (const WeightGrad<T>& t : terms) {
         parallel_pack(S, t.n, t.b, panels.operands);

@@ -151,7 +151,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     const auto scratch = backward_scratch<scalar_t>(
         grad_output, st.S * H + gathered_prev_size<scalar_t>(st.S, H) +
                          BiasGradSums<scalar_t>::scratch_size(st.N, H) +
-                         backward_pack_scratch(input, st.S, H, C, H));
+                         backward_pack_scratch(input, st.S, H, H, C, H));
     auto run = relu ? backward<scalar_t, true> : backward<scalar_t, false>;
     run(st, C, H, weight_grad_rows<scalar_t>(input, st), w_ih.const_data_ptr<scalar_t>(),
         w_hh.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
