@@ -92,13 +92,13 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
   gather_last(st, out, H, hn);
 }
 
-// dw_hh [3H, H] = dgh^T @ hprev ([S, H]) from the tiles' packs (gate_grads: dgi^T's r, z
+// dw_hh [3H, H] = dgh^T @ prev ([S, H]) from the tiles' packs (gate_grads: dgi^T's r, z
 // and n rows, then dgh^T's n rows): the r and z rows from dgi^T's, which are equal.
 template <typename T>
-void hidden_weight_grad_from_packed(int64_t S, int64_t H, const T* hprev,
+void hidden_weight_grad_from_packed(int64_t S, int64_t H, const Rows<T>& prev,
                                     const BackwardPanels<T>& panels, T* dw_hh) {
   if constexpr (std::is_same_v<T, float>) {
-    parallel_pack(S, H, contiguous_rows(hprev, S, H), panels.operands);
+    parallel_pack(S, H, prev, panels.operands);
     tiled_packed_gemm(2 * H, H, S, blocks_operand(panels.gate_grads, S), panels.operands,
                       nullptr, 0, dw_hh, H);
     tiled_packed_gemm(H, H, S, blocks_operand(panels.gate_grads + G * H * S, S),
@@ -116,8 +116,8 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   const RowGroups groups(st, nblk, GH * H * int64_t(sizeof(T)));
   T* dgi = scratch;          // [S, 3H]
   T* dgh = dgi + S * GH;     // [S, 3H]
-  T* hprev = dgh + S * GH;   // [S, H]
-  T* bias_sums = hprev + S * H;  // 2 BiasGradSums
+  T* hprev = dgh + S * GH;   // [S, H] (gathered_prev_size)
+  T* bias_sums = hprev + gathered_prev_size<T>(S, H);  // 2 BiasGradSums
   const int64_t sums_size = BiasGradSums<T>::scratch_size(st.N, GH);
   // The weight gradients read dgi^T and dgh^T packed, whose r and z rows are equal (dgi and
   // dgh differ in the n gate only). Where the tiles pack them (tiles_pack_gate_grads), they
@@ -127,19 +127,26 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   const BackwardPanels<T> panels(bias_sums + 2 * sums_size, S, GH + H);
   const BiasGradSums<T> dbi_sums(groups, st.N, GH, db_ih, bias_sums);
   const BiasGradSums<T> dbh_sums(groups, st.N, GH, db_hh, bias_sums + sums_size);
-  gather_prev(st, h0, H, out, H, H, hprev);
+  const Rows<T> prev = prev_states_operand(st, h0, out, H, dw_ih != nullptr, hprev);
   pack_prev_state_weight(GH, H, w_hh, panels.operands);
 
   run_steps(st, groups, true, 2 * GH * H, [](int64_t) {}, [&](int64_t i, const StepShare& share) {
-    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t];
+    const int64_t t = st.time(i), bt = st.bs[t], off = st.off[t], nc = st.carried(i);
     const int64_t first = share.first_row(), end = share.end_row(bt);
+    // h_{t-1} is read where it is: the previous step's output rows for the nc carried rows,
+    // h0 for the rest. Read from a gathered [S, H] copy, the forward+backward with two
+    // threads at B=64, H=128 took 16.78 ms against 16.60, packed 8.52 against 8.22 (ad hoc,
+    // alternated processes, medians of 3; H=512 within noise).
+    const T* h_carried = i > 0 ? out + st.off[st.time(i - 1)] * H : nullptr;
     add_state_grad(dout + (off + first) * H, dh + first * H, (end - first) * H);
     share.tiles(bt, H, kGateGradCost, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
       // The tile's units are consecutive in every [G*H] row, whatever its block count.
       const int64_t u0 = k0 * kUnitBlock, ub = std::min(k1 * kUnitBlock, H) - u0;
-      for_rows<T>(off + r0, off + r1, [&](int64_t r) {
-        bwd_row(ub, H, dout + r * H + u0, ws + r * 4 * H + u0, hprev + r * H + u0,
-                dgi + r * GH + u0, dgh + r * GH + u0);
+      for_rows<T>(r0, r1, [&](int64_t r) {
+        const int64_t row = off + r;
+        const T* hp = r < nc ? h_carried + r * H : h0 + r * H;
+        bwd_row(ub, H, dout + row * H + u0, ws + row * 4 * H + u0, hp + u0,
+                dgi + row * GH + u0, dgh + row * GH + u0);
       });
       for (int64_t g = 0; g < G; ++g) {
         dbi_sums.add(r0, r1 - r0, dgi + off * GH, g * H + u0, ub);
@@ -168,9 +175,9 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
   if (dw_ih) {
     weight_grads<T>(S, GH, dgi, {{x, C, dw_ih}}, panels, tiles_pack_dg);
     if (tiles_pack_dg)
-      hidden_weight_grad_from_packed(S, H, hprev, panels, dw_hh);
+      hidden_weight_grad_from_packed(S, H, prev, panels, dw_hh);
     else
-      weight_grads<T>(S, GH, dgh, {{contiguous_rows(hprev, S, H), H, dw_hh}}, panels, false);
+      weight_grads<T>(S, GH, dgh, {{prev, H, dw_hh}}, panels, false);
     dbi_sums.finish();
     dbh_sums.finish();
     std::copy(db_ih, db_ih + 2 * H, db_hh);
@@ -238,7 +245,8 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor db_hh = grad_result(need_grad_weights, {GH}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd", [&] {
     const auto scratch = backward_scratch<scalar_t>(
-        grad_output, st.S * (2 * GH + H) + 2 * BiasGradSums<scalar_t>::scratch_size(st.N, GH) +
+        grad_output, st.S * 2 * GH + gathered_prev_size<scalar_t>(st.S, H) +
+                         2 * BiasGradSums<scalar_t>::scratch_size(st.N, GH) +
                          backward_pack_scratch(input, st.S, GH + H, GH, C, H));
     backward<scalar_t>(st, C, H, weight_grad_rows<scalar_t>(input, st),
                        w_ih.const_data_ptr<scalar_t>(), w_hh.const_data_ptr<scalar_t>(),
