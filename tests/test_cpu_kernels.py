@@ -390,33 +390,16 @@ def test_bitwise_across_threads_and_runs(mode, packed):
         assert torch.equal(b, c), "two runs differ"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_large_weights_split_units(mode):
-    """Above 1 MiB of W_hh (H=520 for every cell) the steps go by units rather than by
-    rows, in two row tiles at N=70, and the weights are packed by both threads
-    (csrc/cpu/step_share.h): the results match the reference with two threads, and
-    bitwise with one. The smaller SIZES go by rows."""
-    size = (3, 70, 40, 520)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        test_matches_reference(mode, size, False, False, True, torch.float32)
-        two = all_results(mode, size, False, False)
-        torch.set_num_threads(1)
-        one = all_results(mode, size, False, False)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b), "1 thread and 2 threads differ"
-
-
 @pytest.mark.parametrize("packed", (False, True), ids=("padded", "packed"))
 @pytest.mark.parametrize("mode", MODES)
-def test_gate_grads_packed_by_tiles(mode, packed):
-    """Split by units where H is a multiple of 8 (H=520), the LSTM's and GRU's backward
+def test_large_weights_split_units(mode, packed):
+    """Above 1 MiB of W_hh (H=520 for every cell) the steps go by units rather than by
+    rows, in two row tiles at N=70, and the weights are packed by both threads
+    (csrc/cpu/step_share.h). H=520 being a multiple of 8, the LSTM's and GRU's backward
     tiles pack dg^T for the weight gradients as they compute it, and the GRU's W_hh
-    gradient takes its r and z rows from dgi's pack (csrc/cpu/gru.cpp): against the
-    reference with two threads, packed input in reverse too, and bitwise with one."""
+    gradient takes its r and z rows from dgi's pack (csrc/cpu/gru.cpp). Against the
+    reference with two threads, packed input in reverse too, and bitwise with one. The
+    smaller SIZES go by rows."""
     size = (4, 70, 24, 520)
     threads = torch.get_num_threads()
     try:
