@@ -154,7 +154,7 @@ void backward(const Steps& st, int64_t C, int64_t H, Rows<T> x, const T* w_ih, c
           pack_gate_grads(S, GH, off + r0, off + r1, g * H + u0, ub, dgi,
                           panels.gate_grads + (g * H + u0) * S);
       }
-      // db_hh's r and z sums are db_ih's (finish() copies them).
+      // db_hh's r and z sums are db_ih's (copied after the recurrence).
       dbh_sums.add(r0, r1 - r0, dgh + off * GH, 2 * H + u0, ub);
       if (tiles_pack_dg)
         pack_gate_grads(S, GH, off + r0, off + r1, 2 * H + u0, ub, dgh,

@@ -1,9 +1,9 @@
 // How the time steps of a recurrence are spread over the threads.
 //
 // Two ways, chosen once per op call (run_steps):
-//   By rows: the batch rows are cut into one group per thread (RowGroups), and each thread
-//     carries its group through every step of the sequence in one parallel region. A row's
-//     step needs only that row's earlier states (forward) or gradients (backward), so the
+//   By rows: the batch rows are cut into row groups (RowGroups), and each thread carries
+//     its groups through every step of the sequence in one parallel region. A row's step
+//     needs only that row's earlier states (forward) or gradients (backward), so the
 //     threads never wait for each other and each reads back only what it wrote. Taken when
 //     W_hh fits in a core's L2 next to the rows, as every thread multiplies by all of it.
 //   By units: each step is one parallel region (or more) of tiles of kRowTile rows by one
