@@ -364,7 +364,8 @@ inline Steps make_steps(const at::Tensor& input, const std::optional<at::Tensor>
 
 // dst[S,w] = the state each row of each step starts from: row r of the previous step's
 // seq rows (seq [S,...], row stride ld_seq) if it was active there, else init[r]
-// (init [N,...], row stride ld_init). Used to rebuild h_{t-1} / c_{t-1} for backward.
+// (init [N,...], row stride ld_init). Used for the W_hh gradient on gemm_rm, which needs
+// the rows contiguous (prev_states_operand); packed_gemm packs them where they lie.
 template <typename T>
 inline void gather_prev(const Steps& st, const T* init, int64_t ld_init, const T* seq,
                         int64_t ld_seq, int64_t w, T* dst) {
