@@ -88,7 +88,9 @@ Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& time
 // Zeros [N, width], the initial state of layer-directions given none.
 Tensor zero_state(const Tensor& time_major, int64_t width) {
   // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
-  return at::zeros_symint({time_major.sym_size(1), width}, time_major.options());
+  // empty + zero_ rather than at::zeros, which dispatches to the same two ops through one
+  // more level.
+  return at::empty_symint({time_major.sym_size(1), width}, time_major.options()).zero_();
 }
 
 // Layer-direction `index`'s initial state: its row of `states` (from checked_states), or

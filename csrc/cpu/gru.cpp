@@ -237,7 +237,7 @@ gru_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H;
-  at::Tensor dh = grad_h_n.contiguous().clone();  // the gradient reaching each step's h
+  at::Tensor dh = fresh_copy(grad_h_n);  // the gradient reaching each step's h
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, H}, input.options());

@@ -200,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, P}, input.options())
                                               : empty_large({st.T, N, P}, input.options());
   at::Tensor h_n = at::empty({N, P}, input.options());
-  at::Tensor c_n = c0_.contiguous().clone();  // the recurrence updates it in place
+  at::Tensor c_n = fresh_copy(c0_);  // the recurrence updates it in place
   at::Tensor ws = need_workspace ? pooled_empty({st.S, 5 * H}, input.options())
                                  : at::empty({0}, input.options());
   const int64_t scratch_numel = input_projection_scratch(st, G, H, C) +
@@ -249,8 +249,8 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
   // The gradients reaching each step's h and c (grad_h0 and grad_c0 at the end).
-  at::Tensor dh = grad_h_n.contiguous().clone();
-  at::Tensor dc = grad_c_n.contiguous().clone();
+  at::Tensor dh = fresh_copy(grad_h_n);
+  at::Tensor dc = fresh_copy(grad_c_n);
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {GH, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {GH, P}, input.options());
@@ -274,7 +274,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
   return {dx, state_grad(need_grad_state, dh, h0_), state_grad(need_grad_state, dc, c0_),
-          dw_ih, dw_hh, db, db.clone(), dw_hr};
+          dw_ih, dw_hh, db, fresh_copy(db), dw_hr};
 }
 
 }  // namespace

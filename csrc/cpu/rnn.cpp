@@ -142,7 +142,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
-  at::Tensor dh = grad_h_n.contiguous().clone();  // the gradient reaching each step's h
+  at::Tensor dh = fresh_copy(grad_h_n);  // the gradient reaching each step's h
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {H, C}, input.options());
   at::Tensor dw_hh = grad_result(need_grad_weights, {H, H}, input.options());
@@ -162,7 +162,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
         data_if<scalar_t>(need_grad_weights, db), scratch.rest);
   });
   // The hidden-side bias sits in the same sum as the input-side one: equal gradients.
-  return {dx, state_grad(need_grad_state, dh, h0_), dw_ih, dw_hh, db, db.clone()};
+  return {dx, state_grad(need_grad_state, dh, h0_), dw_ih, dw_hh, db, fresh_copy(db)};
 }
 
 }  // namespace
