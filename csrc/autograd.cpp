@@ -118,6 +118,25 @@ OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullop
 // A gradient only where one was computed and is wanted; the others are undefined.
 Tensor grad_if(bool wanted, const Tensor& grad) { return wanted ? grad : Tensor(); }
 
+// The public ops' batch_first: padded input [N,T,C] goes to the kernels as the time-major
+// view [T,N,C], and their output [T,N,P] comes back as the view [N,T,P] (the same swap).
+// The swaps happen below autograd, inside the op, so the graph holds no transpose nodes:
+// a batch_first layer_stack call that transposed around the op spent ~4 us of a ~58 us
+// forward+backward at the sine-wave shape on them (RNN, two threads, ad hoc). Below
+// autograd the view gets no version counter of its own base's, so the Functions save the
+// swapped output that the caller receives, never the kernels' time-major one.
+Tensor swapped_if(bool batch_first, const Tensor& t) {
+  return batch_first ? t.transpose(0, 1) : t;
+}
+
+void check_batch_first(const char* op, bool batch_first, const Tensor& input,
+                       const OptTensor& batch_sizes) {
+  TORCH_CHECK_VALUE(!batch_first || (!batch_sizes.has_value() && input.dim() == 3),
+                    "fastrnn::", op, ": batch_first takes padded input [N, T, C] (no "
+                    "batch_sizes), got a ", input.dim(), "-D input",
+                    batch_sizes.has_value() ? " with batch_sizes" : "");
+}
+
 // The gradients this backward() call must compute, from its graph edges: one per defined
 // tensor argument of forward(), in order. input is edge 0, then batch_sizes (if given),
 // h0 and c0, then the weights: w_ih, w_hh and whichever of b_ih, b_hh, w_hr were given.
@@ -145,26 +164,68 @@ struct RNNFunction : public torch::autograd::Function<RNNFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& h0,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, bool relu, bool reverse) {
+                               const OptTensor& b_hh, bool relu, bool reverse,
+                               bool batch_first) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, h_n, ws] =
-        rnn_fwd().call(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, true);
+    auto [output, h_n, ws] = rnn_fwd().call(swapped_if(batch_first, input), batch_sizes, h0,
+                                            w_ih, w_hh, b_ih, b_hh, relu, reverse, true);
+    output = swapped_if(batch_first, output);
     ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), h0, w_ih, w_hh,
                             b_ih.value_or(Tensor()), b_hh.value_or(Tensor()), output, ws});
-    ctx->saved_data["flags"] = int64_t(relu) | (int64_t(reverse) << 1);
+    ctx->saved_data["flags"] =
+        int64_t(relu) | (int64_t(reverse) << 1) | (int64_t(batch_first) << 2);
     return {output, h_n};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
     const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool bf = flags & 4;
     const GradsWanted want = grads_wanted(ctx, s, 3, 4);
-    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
-        below_autograd([&] {
-          return rnn_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
-                                opt(s[5]), opt(s[6]), s[7], s[8], flags & 1, flags & 2,
-                                want.input, want.weights, want.states);
-        });
+    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] = below_autograd([&] {
+      auto r = rnn_bwd().call(swapped_if(bf, grads[0]), grads[1], swapped_if(bf, s[0]),
+                              opt(s[1]), s[2], s[3], s[4], opt(s[5]), opt(s[6]),
+                              swapped_if(bf, s[7]), s[8], flags & 1, flags & 2, want.input,
+                              want.weights, want.states);
+      if (want.input) std::get<0>(r) = swapped_if(bf, std::get<0>(r));
+      return r;
+    });
+    return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
+                                grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
+                                grad_if(want.weights && s[5].defined(), db_ih),
+                                grad_if(want.weights && s[6].defined(), db_hh), Tensor(),
+                                Tensor(), Tensor()});
+  }
+};
+
+struct GRUFunction : public torch::autograd::Function<GRUFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const OptTensor& batch_sizes, const Tensor& h0,
+                               const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                               const OptTensor& b_hh, bool reverse, bool batch_first) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [output, h_n, ws] = gru_fwd().call(swapped_if(batch_first, input), batch_sizes, h0,
+                                            w_ih, w_hh, b_ih, b_hh, reverse, true);
+    output = swapped_if(batch_first, output);
+    ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), h0, w_ih, w_hh,
+                            b_ih.value_or(Tensor()), b_hh.value_or(Tensor()), output, ws});
+    ctx->saved_data["flags"] = int64_t(reverse) | (int64_t(batch_first) << 1);
+    return {output, h_n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool bf = flags & 2;
+    const GradsWanted want = grads_wanted(ctx, s, 3, 4);
+    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] = below_autograd([&] {
+      auto r = gru_bwd().call(swapped_if(bf, grads[0]), grads[1], swapped_if(bf, s[0]),
+                              opt(s[1]), s[2], s[3], s[4], opt(s[5]), opt(s[6]),
+                              swapped_if(bf, s[7]), s[8], flags & 1, want.input, want.weights,
+                              want.states);
+      if (want.input) std::get<0>(r) = swapped_if(bf, std::get<0>(r));
+      return r;
+    });
     return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
                                 grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
                                 grad_if(want.weights && s[5].defined(), db_ih),
@@ -173,67 +234,44 @@ struct RNNFunction : public torch::autograd::Function<RNNFunction> {
   }
 };
 
-struct GRUFunction : public torch::autograd::Function<GRUFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& input,
-                               const OptTensor& batch_sizes, const Tensor& h0,
-                               const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, bool reverse) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, h_n, ws] =
-        gru_fwd().call(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, true);
-    ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), h0, w_ih, w_hh,
-                            b_ih.value_or(Tensor()), b_hh.value_or(Tensor()), output, ws});
-    ctx->saved_data["reverse"] = reverse;
-    return {output, h_n};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const GradsWanted want = grads_wanted(ctx, s, 3, 4);
-    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
-        below_autograd([&] {
-          return gru_bwd().call(grads[0], grads[1], s[0], opt(s[1]), s[2], s[3], s[4],
-                                opt(s[5]), opt(s[6]), s[7], s[8],
-                                ctx->saved_data["reverse"].toBool(), want.input, want.weights,
-                                want.states);
-        });
-    return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
-                                grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
-                                grad_if(want.weights && s[5].defined(), db_ih),
-                                grad_if(want.weights && s[6].defined(), db_hh), Tensor()});
-  }
-};
-
 struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const OptTensor& batch_sizes, const Tensor& h0, const Tensor& c0,
                                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                               const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
+                               const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
+                               bool batch_first) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [output, h_n, c_n, ws] = lstm_fwd().call(input, batch_sizes, h0, c0, w_ih, w_hh,
-                                                  b_ih, b_hh, w_hr, reverse, true);
+    auto [output, h_n, c_n, ws] =
+        lstm_fwd().call(swapped_if(batch_first, input), batch_sizes, h0, c0, w_ih, w_hh, b_ih,
+                        b_hh, w_hr, reverse, true);
+    output = swapped_if(batch_first, output);
     ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), h0, c0, w_ih, w_hh,
                             b_ih.value_or(Tensor()), b_hh.value_or(Tensor()),
                             w_hr.value_or(Tensor()), output, ws});
-    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["flags"] = int64_t(reverse) | (int64_t(batch_first) << 1);
     return {output, h_n, c_n};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
+    const int64_t flags = ctx->saved_data["flags"].toInt();
+    const bool bf = flags & 2;
     const GradsWanted want = grads_wanted(ctx, s, 4, 5);
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = below_autograd([&] {
-      return lstm_bwd().call(grads[0], grads[1], grads[2], s[0], opt(s[1]), s[2], s[3], s[4],
-                             s[5], opt(s[6]), opt(s[7]), opt(s[8]), s[9], s[10],
-                             ctx->saved_data["reverse"].toBool(), want.input, want.weights,
-                             want.states);
+      auto r = lstm_bwd().call(swapped_if(bf, grads[0]), grads[1], grads[2],
+                               swapped_if(bf, s[0]), opt(s[1]), s[2], s[3], s[4], s[5],
+                               opt(s[6]), opt(s[7]), opt(s[8]), swapped_if(bf, s[9]), s[10],
+                               flags & 1, want.input, want.weights, want.states);
+      if (want.input) std::get<0>(r) = swapped_if(bf, std::get<0>(r));
+      return r;
     });
     return once_differentiable({grad_if(want.input, dx), Tensor(), grad_if(want.states, dh0),
                                 grad_if(want.states, dc0),
                                 grad_if(want.weights, dw_ih), grad_if(want.weights, dw_hh),
                                 grad_if(want.weights && s[6].defined(), db_ih),
                                 grad_if(want.weights && s[7].defined(), db_hh),
-                                grad_if(want.weights && s[8].defined(), dw_hr), Tensor()});
+                                grad_if(want.weights && s[8].defined(), dw_hr), Tensor(),
+                                Tensor()});
   }
 };
 
@@ -242,26 +280,33 @@ struct LSTMFunction : public torch::autograd::Function<LSTMFunction> {
 std::tuple<Tensor, Tensor> rnn_layer_plain(const Tensor& input, const OptTensor& batch_sizes,
                                            const Tensor& h0, const Tensor& w_ih,
                                            const Tensor& w_hh, const OptTensor& b_ih,
-                                           const OptTensor& b_hh, bool relu, bool reverse) {
-  auto r = rnn_fwd().call(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse, false);
-  return {std::get<0>(r), std::get<1>(r)};
+                                           const OptTensor& b_hh, bool relu, bool reverse,
+                                           bool batch_first) {
+  check_batch_first("rnn_layer", batch_first, input, batch_sizes);
+  auto r = rnn_fwd().call(swapped_if(batch_first, input), batch_sizes, h0, w_ih, w_hh, b_ih,
+                          b_hh, relu, reverse, false);
+  return {swapped_if(batch_first, std::get<0>(r)), std::get<1>(r)};
 }
 
 std::tuple<Tensor, Tensor> gru_layer_plain(const Tensor& input, const OptTensor& batch_sizes,
                                            const Tensor& h0, const Tensor& w_ih,
                                            const Tensor& w_hh, const OptTensor& b_ih,
-                                           const OptTensor& b_hh, bool reverse) {
-  auto r = gru_fwd().call(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, false);
-  return {std::get<0>(r), std::get<1>(r)};
+                                           const OptTensor& b_hh, bool reverse,
+                                           bool batch_first) {
+  check_batch_first("gru_layer", batch_first, input, batch_sizes);
+  auto r = gru_fwd().call(swapped_if(batch_first, input), batch_sizes, h0, w_ih, w_hh, b_ih,
+                          b_hh, reverse, false);
+  return {swapped_if(batch_first, std::get<0>(r)), std::get<1>(r)};
 }
 
 Tensor3 lstm_layer_plain(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
                          const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                          const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                         bool reverse) {
-  auto r = lstm_fwd().call(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                           false);
-  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+                         bool reverse, bool batch_first) {
+  check_batch_first("lstm_layer", batch_first, input, batch_sizes);
+  auto r = lstm_fwd().call(swapped_if(batch_first, input), batch_sizes, h0, c0, w_ih, w_hh,
+                           b_ih, b_hh, w_hr, reverse, false);
+  return {swapped_if(batch_first, std::get<0>(r)), std::get<1>(r), std::get<2>(r)};
 }
 
 // ---- Autograd.
@@ -269,37 +314,47 @@ Tensor3 lstm_layer_plain(const Tensor& input, const OptTensor& batch_sizes, cons
 std::tuple<Tensor, Tensor> rnn_layer_autograd(const Tensor& input, const OptTensor& batch_sizes,
                                               const Tensor& h0, const Tensor& w_ih,
                                               const Tensor& w_hh, const OptTensor& b_ih,
-                                              const OptTensor& b_hh, bool relu, bool reverse) {
+                                              const OptTensor& b_hh, bool relu, bool reverse,
+                                              bool batch_first) {
   if (!needs_graph(input, h0, w_ih, w_hh, b_ih, b_hh)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return rnn_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+    return rnn_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+                           batch_first);
   }
-  auto out = RNNFunction::apply(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  check_batch_first("rnn_layer", batch_first, input, batch_sizes);
+  auto out = RNNFunction::apply(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
+                                batch_first);
   return {out[0], out[1]};
 }
 
 std::tuple<Tensor, Tensor> gru_layer_autograd(const Tensor& input, const OptTensor& batch_sizes,
                                               const Tensor& h0, const Tensor& w_ih,
                                               const Tensor& w_hh, const OptTensor& b_ih,
-                                              const OptTensor& b_hh, bool reverse) {
+                                              const OptTensor& b_hh, bool reverse,
+                                              bool batch_first) {
   if (!needs_graph(input, h0, w_ih, w_hh, b_ih, b_hh)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return gru_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse);
+    return gru_layer_plain(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
+                           batch_first);
   }
-  auto out = GRUFunction::apply(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse);
+  check_batch_first("gru_layer", batch_first, input, batch_sizes);
+  auto out = GRUFunction::apply(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
+                                batch_first);
   return {out[0], out[1]};
 }
 
 Tensor3 lstm_layer_autograd(const Tensor& input, const OptTensor& batch_sizes, const Tensor& h0,
                             const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-                            bool reverse) {
+                            bool reverse, bool batch_first) {
   if (!needs_graph(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return lstm_layer_plain(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    return lstm_layer_plain(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                            batch_first);
   }
+  check_batch_first("lstm_layer", batch_first, input, batch_sizes);
   auto out = LSTMFunction::apply(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                 reverse);
+                                 reverse, batch_first);
   return {out[0], out[1], out[2]};
 }
 

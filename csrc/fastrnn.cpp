@@ -17,7 +17,9 @@
 //                reversed within its own length, as torch.nn does.
 // Returns output [T,N,P] or [S,P], h_n [N,P] (and c_n [N,H]).
 //
-// The *_layer ops are what Python calls; they carry autograd. *_layer_fwd and
+// The *_layer ops are what Python calls; they carry autograd. Their batch_first takes
+// padded input as [N,T,C] and returns output [N,T,P], transposed inside the op (and its
+// autograd node), so that a batch_first layer's graph holds no transpose nodes. *_layer_fwd and
 // *_layer_bwd are the kernels behind them: the forward saves a backend-private
 // `workspace` when need_workspace is true (an empty tensor otherwise) that only the
 // same backend's *_layer_bwd reads. Bias gradients are always returned (shape
@@ -34,7 +36,8 @@
 
 TORCH_LIBRARY(fastrnn, m) {
   m.def("rnn_layer(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
-        "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor, Tensor)");
+        "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse, bool batch_first=False) "
+        "-> (Tensor, Tensor)");
   m.def("rnn_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse, bool need_workspace) "
         "-> (Tensor output, Tensor h_n, Tensor workspace)");
@@ -46,7 +49,7 @@ TORCH_LIBRARY(fastrnn, m) {
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
   m.def("gru_layer(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
-        "Tensor? b_ih, Tensor? b_hh, bool reverse) -> (Tensor, Tensor)");
+        "Tensor? b_ih, Tensor? b_hh, bool reverse, bool batch_first=False) -> (Tensor, Tensor)");
   m.def("gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, bool reverse, bool need_workspace) "
         "-> (Tensor output, Tensor h_n, Tensor workspace)");
@@ -58,8 +61,8 @@ TORCH_LIBRARY(fastrnn, m) {
         "Tensor grad_b_ih, Tensor grad_b_hh)");
 
   m.def("lstm_layer(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
-        "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
-        "-> (Tensor, Tensor, Tensor)");
+        "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+        "bool batch_first=False) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
         "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
         "bool need_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");

@@ -23,15 +23,16 @@ using OptTensor = std::optional<at::Tensor>;
 using RnnLayerSig = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
-    const OptTensor& b_hh, bool relu, bool reverse);
+    const OptTensor& b_hh, bool relu, bool reverse, bool batch_first);
 using GruLayerSig = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih,
-    const OptTensor& b_hh, bool reverse);
+    const OptTensor& b_hh, bool reverse, bool batch_first);
 using LstmLayerSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor& input, const OptTensor& batch_sizes, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse);
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
+    bool batch_first);
 
 using LayerStackSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     c10::string_view mode, const at::Tensor& input, const OptTensor& batch_sizes,

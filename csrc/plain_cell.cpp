@@ -112,13 +112,13 @@ py::object plain_cell(py::handle module, const std::string& mode, py::handle inp
     const Tensor steps = input->unsqueeze(0);  // one time step
     if (is_lstm) {
       std::tie(std::ignore, h_n, c_n) = lstm_layer_op().call(
-          steps, std::nullopt, h0, c0, *w_ih, *w_hh, b_ih, b_hh, std::nullopt, false);
+          steps, std::nullopt, h0, c0, *w_ih, *w_hh, b_ih, b_hh, std::nullopt, false, false);
     } else if (mode == "GRU") {
       std::tie(std::ignore, h_n) =
-          gru_layer_op().call(steps, std::nullopt, h0, *w_ih, *w_hh, b_ih, b_hh, false);
+          gru_layer_op().call(steps, std::nullopt, h0, *w_ih, *w_hh, b_ih, b_hh, false, false);
     } else {
       std::tie(std::ignore, h_n) = rnn_layer_op().call(
-          steps, std::nullopt, h0, *w_ih, *w_hh, b_ih, b_hh, mode == "RNN_RELU", false);
+          steps, std::nullopt, h0, *w_ih, *w_hh, b_ih, b_hh, mode == "RNN_RELU", false, false);
     }
   }
   if (is_lstm) return py::make_tuple(h_n, c_n);

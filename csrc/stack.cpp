@@ -38,38 +38,41 @@ Cell parse_mode(std::string_view mode) {
                     "'; expected RNN_TANH, RNN_RELU, GRU or LSTM");
 }
 
-// One layer-direction: (output, h_n, c_n or undefined).
+// One layer-direction: (output, h_n, c_n or undefined); batch_first as the *_layer ops
+// take it.
 std::tuple<Tensor, Tensor, Tensor> run_layer(Cell cell, const Tensor& input,
                                              const OptTensor& batch_sizes, const Tensor& h0,
                                              const Tensor& c0, at::TensorList w, bool has_bias,
-                                             bool has_proj, bool reverse) {
+                                             bool has_proj, bool reverse, bool batch_first) {
   const OptTensor b_ih = has_bias ? OptTensor(w[2]) : std::nullopt;
   const OptTensor b_hh = has_bias ? OptTensor(w[3]) : std::nullopt;
   switch (cell) {
     case Cell::kGru: {
       auto [output, h_n] =
-          gru_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh, reverse);
+          gru_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih, b_hh, reverse,
+                              batch_first);
       return {output, h_n, Tensor()};
     }
     case Cell::kLstm: {
       const OptTensor w_hr = has_proj ? OptTensor(w.back()) : std::nullopt;
       return lstm_layer_op().call(input, batch_sizes, h0, c0, w[0], w[1], b_ih, b_hh, w_hr,
-                                  reverse);
+                                  reverse, batch_first);
     }
     default: {
       auto [output, h_n] = rnn_layer_op().call(input, batch_sizes, h0, w[0], w[1], b_ih,
-                                               b_hh, cell == Cell::kRnnRelu, reverse);
+                                               b_hh, cell == Cell::kRnnRelu, reverse,
+                                               batch_first);
       return {output, h_n, Tensor()};
     }
   }
 }
 
 // The given initial states, checked to be [L*D, N, width] like the input; an undefined
-// tensor when absent (zeros, which padded input [T,N,C] only allows).
-Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& time_major,
+// tensor when absent (zeros, which padded input only allows).
+Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& input,
                       int64_t width, const char* name) {
   if (!state.has_value()) {
-    TORCH_CHECK(time_major.dim() == 3, "fastrnn::layer_stack: ", name,
+    TORCH_CHECK(input.dim() == 3, "fastrnn::layer_stack: ", name,
                 " is required for packed input");
     return Tensor();
   }
@@ -77,20 +80,19 @@ Tensor checked_states(const OptTensor& state, int64_t states, const Tensor& time
                   state->sym_size(2) == width,
               "fastrnn::layer_stack: ", name, " must be [", states, ", N, ", width,
               "] (num_layers * directions, batch, size), got ", state->sym_sizes());
-  TORCH_CHECK(state->scalar_type() == time_major.scalar_type() &&
-                  state->device() == time_major.device(),
+  TORCH_CHECK(state->scalar_type() == input.scalar_type() && state->device() == input.device(),
               "fastrnn::layer_stack: ", name, " must have the input's dtype and device (",
-              time_major.scalar_type(), " on ", time_major.device(), "), got ",
+              input.scalar_type(), " on ", input.device(), "), got ",
               state->scalar_type(), " on ", state->device());
   return *state;
 }
 
-// Zeros [N, width], the initial state of layer-directions given none.
-Tensor zero_state(const Tensor& time_major, int64_t width) {
-  // sym_size: under torch.export with a dynamic batch, size(1) would specialise it.
+// Zeros [N, width] like the input, the initial state of layer-directions given none.
+// batch: a SymInt, as under torch.export with a dynamic batch an int would specialise it.
+Tensor zero_state(const Tensor& input, const c10::SymInt& batch, int64_t width) {
   // empty + zero_ rather than at::zeros, which dispatches to the same two ops through one
   // more level.
-  return at::empty_symint({time_major.sym_size(1), width}, time_major.options()).zero_();
+  return at::empty_symint({batch, width}, input.options()).zero_();
 }
 
 // Layer-direction `index`'s initial state: its row of `states` (from checked_states), or
@@ -155,25 +157,31 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
   const bool packed = batch_sizes.has_value();
   check_input_and_weights(input, packed, weights);
   TORCH_CHECK_VALUE(is_lstm || !c0_.has_value(), "fastrnn::layer_stack: c0 is for LSTM only");
-  const Tensor time_major = batch_first && !packed ? swap_time_and_batch(input) : input;
+  // A single layer-direction takes batch_first input and gives batch_first output itself
+  // (see the *_layer ops); a deeper stack swaps time and batch at its two ends.
+  const bool padded_batch_first = batch_first && !packed;
+  const bool layer_batch_first = padded_batch_first && states == 1;
+  const bool stack_swaps = padded_batch_first && !layer_batch_first;
   const int64_t hidden = weights[1].size(0) / (is_lstm ? 4 : cell == Cell::kGru ? 3 : 1);
   const int64_t state_width = weights[1].size(1);
-  const Tensor h0 = checked_states(h0_, states, time_major, state_width, "h0");
-  const Tensor c0 = is_lstm ? checked_states(c0_, states, time_major, hidden, "c0") : Tensor();
+  const Tensor h0 = checked_states(h0_, states, input, state_width, "h0");
+  const Tensor c0 = is_lstm ? checked_states(c0_, states, input, hidden, "c0") : Tensor();
   // One zeros tensor per width, read by every layer-direction that starts from zeros (no
   // backend writes its initial states), rather than one per layer-direction and state: an
   // LSTM module call at the sine-wave shape went from ~11.6 to ~10.6 us (one thread,
   // no_grad, ad hoc). Rows of a [L*D, N, width] zeros tensor would cost a select each.
-  const Tensor h_zeros = h0.defined() ? Tensor() : zero_state(time_major, state_width);
+  // Zeros only for padded input (checked_states): its batch is dimension 1, or 0.
+  const c10::SymInt batch = input.sym_size(padded_batch_first ? 0 : 1);
+  const Tensor h_zeros = h0.defined() ? Tensor() : zero_state(input, batch, state_width);
   Tensor c_zeros;
   if (is_lstm && !c0.defined())
     c_zeros = h_zeros.defined() && hidden == state_width ? h_zeros
-                                                         : zero_state(time_major, hidden);
+                                                         : zero_state(input, batch, hidden);
 
   std::vector<Tensor> h_n, c_n;
   h_n.reserve(states);
   c_n.reserve(is_lstm ? states : 0);
-  Tensor layer_input = time_major;
+  Tensor layer_input = stack_swaps ? swap_time_and_batch(input) : input;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     Tensor outputs[2];
     for (int64_t direction = 0; direction < directions; ++direction) {
@@ -182,7 +190,8 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
           run_layer(cell, layer_input, batch_sizes,
                     initial_state(h0, index, h_zeros),
                     is_lstm ? initial_state(c0, index, c_zeros) : Tensor(),
-                    weights.slice(index * stride, stride), has_bias, has_proj, direction == 1);
+                    weights.slice(index * stride, stride), has_bias, has_proj, direction == 1,
+                    layer_batch_first);
       outputs[direction] = output;
       h_n.push_back(h);
       if (is_lstm) c_n.push_back(c);
@@ -191,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_stack(
     if (dropout > 0 && train && layer + 1 < num_layers)
       layer_input = at::dropout(layer_input, dropout, /*train=*/true);
   }
-  return {batch_first && !packed ? swap_time_and_batch(layer_input) : layer_input,
+  return {stack_swaps ? swap_time_and_batch(layer_input) : layer_input,
           final_states(h_n), is_lstm ? final_states(c_n) : at::empty({0}, input.options())};
 }
 

@@ -155,14 +155,16 @@ def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirecti
 
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """One layer-direction through the compiled kernels; see fastrnn/reference.py."""
+    """One layer-direction through the compiled kernels; see fastrnn/reference.py. (The
+    ops' batch_first, last and False here, serves layer_stack.)"""
     entry = _entry((input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     if mode == "GRU":
-        output, h_n = entry.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse)
+        output, h_n = entry.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
+                                      False)
         return output, h_n, None
     if mode == "LSTM":
         return entry.lstm_layer(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse)
+                                reverse, False)
     output, h_n = entry.rnn_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
-                                  mode == "RNN_RELU", reverse)
+                                  mode == "RNN_RELU", reverse, False)
     return output, h_n, None

@@ -338,6 +338,46 @@ def test_opcheck(mode, packed):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_public_op_batch_first(mode):
+    """batch_first=True: [N,T,C] input gives the time-major call's results and gradients,
+    transposed, with no transpose node in the graph (the op swaps inside its own node), and
+    the op's node still notices an in-place change of the output it saved. Packed input
+    has no batch_first."""
+    case = make_case(mode, 5, 3, 4, 6, torch.float64, False, False, True, 31)
+    op, args = public_op(case)
+    args = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    x_bf = args[0].detach().transpose(0, 1).contiguous().requires_grad_()
+    leaves = [a for a in args[1:] if isinstance(a, torch.Tensor)]
+    time_major = op(*args)
+    batch_first = op(x_bf, *args[1:], True)
+    assert batch_first[0].shape == time_major[0].transpose(0, 1).shape
+    assert "Transpose" not in batch_first[0].grad_fn.name()
+    gen = torch.Generator().manual_seed(7)
+    upstream = [torch.randn(o.shape, dtype=o.dtype, generator=gen) for o in time_major]
+    expected = torch.autograd.grad(time_major, [args[0]] + leaves, upstream)
+    actual = torch.autograd.grad(batch_first, [x_bf] + leaves,
+                                 [upstream[0].transpose(0, 1)] + upstream[1:])
+    torch.testing.assert_close(batch_first[0], time_major[0].transpose(0, 1))
+    torch.testing.assert_close(actual[0], expected[0].transpose(0, 1))
+    for a, e in zip(list(batch_first[1:]) + list(actual[1:]),
+                    list(time_major[1:]) + list(expected[1:])):
+        torch.testing.assert_close(a, e)
+    with torch.no_grad():
+        torch.testing.assert_close(op(x_bf, *args[1:], True)[0], time_major[0].transpose(0, 1))
+    torch.library.opcheck(op, [x_bf] + args[1:] + [True])
+
+    output = op(x_bf, *args[1:], True)[0]
+    output.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        output.sum().backward()
+
+    op, packed_args = public_op(make_case(mode, 5, 3, 4, 6, torch.float64, True, False, True, 31))
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), pytest.raises(ValueError, match="batch_first"):
+            op(*packed_args, True)
+
+
 def grad_output_layouts(g):
     """{name: a gradient in that layout}, holding g's values except "expanded", which
     holds g's first element everywhere. Autograd hands a batch_first output's gradient over

@@ -73,9 +73,10 @@ def test_layer_ops(name, packed):
         x_leaf = leaf(x)
         common = (t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
         if name == "lstm_layer":
-            args = (x_leaf, batch_sizes, t["h0"], t["c0"], *common, t["w_hr"], True)
+            args = (x_leaf, batch_sizes, t["h0"], t["c0"], *common, t["w_hr"], True, False)
             return args, [x_leaf, *t.values()]
-        flags = (False, True) if name == "rnn_layer" else (True,)  # relu, reverse
+        # relu, reverse, batch_first (fastrnn._C's entries take every argument)
+        flags = (False, True, False) if name == "rnn_layer" else (True, False)
         args = (x_leaf, batch_sizes, t["h0"], *common, *flags)
         return args, [x_leaf, t["h0"], *common]
 
