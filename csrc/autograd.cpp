@@ -122,9 +122,10 @@ Tensor grad_if(bool wanted, const Tensor& grad) { return wanted ? grad : Tensor(
 // view [T,N,C], and their output [T,N,P] comes back as the view [N,T,P] (the same swap).
 // The swaps happen below autograd, inside the op, so the graph holds no transpose nodes:
 // a batch_first layer_stack call that transposed around the op spent ~4 us of a ~58 us
-// forward+backward at the sine-wave shape on them (RNN, two threads, ad hoc). Below
-// autograd the view gets no version counter of its own base's, so the Functions save the
-// swapped output that the caller receives, never the kernels' time-major one.
+// forward+backward at the sine-wave shape on them (RNN, two threads, ad hoc). A view made
+// below autograd does not share its base's version counter, so the Functions save the
+// swapped output that the caller receives (an in-place change of it must reach the saved
+// tensor), never the kernels' time-major one.
 Tensor swapped_if(bool batch_first, const Tensor& t) {
   return batch_first ? t.transpose(0, 1) : t;
 }

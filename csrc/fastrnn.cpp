@@ -19,10 +19,10 @@
 //
 // The *_layer ops are what Python calls; they carry autograd. Their batch_first takes
 // padded input as [N,T,C] and returns output [N,T,P], transposed inside the op (and its
-// autograd node), so that a batch_first layer's graph holds no transpose nodes. *_layer_fwd and
-// *_layer_bwd are the kernels behind them: the forward saves a backend-private
-// `workspace` when need_workspace is true (an empty tensor otherwise) that only the
-// same backend's *_layer_bwd reads. Bias gradients are always returned (shape
+// autograd node), so that a batch_first layer's graph holds no transpose nodes.
+// *_layer_fwd and *_layer_bwd are the kernels behind them: the forward saves a
+// backend-private `workspace` when need_workspace is true (an empty tensor otherwise) that
+// only the same backend's *_layer_bwd reads. Bias gradients are always returned (shape
 // [G*H]); the autograd glue drops them when the layer has no bias. *_layer_bwd computes
 // grad_input only when need_grad_input, the weight and bias gradients only when
 // need_grad_weights, and grad_h0 (with grad_c0) only when need_grad_state (autograd asks

@@ -128,10 +128,10 @@ BackwardScratch<T> backward_scratch(const at::Tensor& grad_output, int64_t numel
 
 // A contiguous copy of t that the caller may change in place: the incoming state
 // gradients and c0, which the recurrences update, and the second of two equal bias
-// gradients (autograd must not receive one tensor twice). For the few elements of the sine shape
-// (N=1, H=16) at::clone's dispatched copy cost ~0.8 us more than a memcpy: forward+
-// backward took 59.5 -> 57.9 us (RNN), 64.1 -> 62.5 (GRU), 70.8 -> 68.4 (LSTM; two
-// state gradients and c0), ad hoc, two threads, medians of 3 alternated processes.
+// gradients (autograd must not receive one tensor twice). For the few elements of the
+// sine shape (N=1, H=16) at::clone's dispatched copy cost ~0.8 us more than a memcpy:
+// forward+backward took 59.5 -> 57.9 us (RNN), 64.1 -> 62.5 (GRU), 70.8 -> 68.4 (LSTM;
+// two state gradients and c0), ad hoc, two threads, medians of 3 alternated processes.
 inline at::Tensor fresh_copy(const at::Tensor& t) {
   at::Tensor out = at::empty(t.sizes(), t.options());
   if (!t.is_contiguous()) {
