@@ -155,8 +155,8 @@ def layer_stack(mode, input, batch_sizes, h0, c0, weights, num_layers, bidirecti
 
 
 def layer(mode, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """One layer-direction through the compiled kernels; see fastrnn/reference.py. (The
-    ops' batch_first, last and False here, serves layer_stack.)"""
+    """One layer-direction through the compiled kernels; see fastrnn/reference.py. The
+    ops' last argument, batch_first, is for layer_stack: always False here."""
     entry = _entry((input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     if mode == "GRU":
         output, h_n = entry.gru_layer(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
