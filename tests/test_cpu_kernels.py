@@ -490,6 +490,26 @@ def test_no_unwritten_memory_in_pooled_workspaces(nan_filled_empty, mode):
         assert_every_result_written(case)
 
 
+# (T, N, C, H) whose float32 workspace reaches the 32 MiB from which the forward writes it
+# with streaming stores (csrc/cpu/saved_row.h): S*5H floats for the LSTM, S*4H for the
+# GRU. At H=250 the rows start 5000 or 4000 bytes apart, so most are not 64-byte aligned,
+# and the last unit block has 58 units: the streamed copy's head and tail both run.
+STREAMED_SIZES = {"GRU": (132, 64, 5, 250), "LSTM": (105, 64, 5, 250),
+                  "LSTM_PROJ": (105, 64, 5, 250)}
+
+
+@pytest.mark.parametrize("mode", tuple(STREAMED_SIZES))
+def test_matches_reference_with_streamed_workspace(mode):
+    test_matches_reference(mode, STREAMED_SIZES[mode], False, mode == "GRU", True,
+                           torch.float32)
+
+
+@pytest.mark.parametrize("mode", tuple(STREAMED_SIZES))
+def test_no_unwritten_memory_in_streamed_workspaces(nan_filled_empty, mode):
+    case = make_case(mode, *STREAMED_SIZES[mode], torch.float32, False, False, True, 13)
+    assert_every_result_written(case)
+
+
 WORKSPACE_REUSE_CHILD = """
 import torch
 from tests.test_cpu_kernels import kernel_calls, make_case

@@ -6,6 +6,7 @@
 // because the backward needs it and it sits inside the r product). h_{t-1} is not
 // stored: the backward rebuilds it from output and h0.
 #include "input_projection.h"
+#include "saved_row.h"
 #include "workspace_pool.h"
 
 namespace fastrnn {
@@ -17,11 +18,12 @@ constexpr int64_t G = 3;
 // One row's units [u0, u0+ub) of one step; every pointer is pre-offset to unit u0:
 //   xp [3*ub] input projection block (b_ih included), gh [3*ub] W_hh h block (both
 //   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [3H], hp [ub] h_{t-1},
-//   h [ub] h_t out, ws [4H] workspace row.
+//   h [ub] h_t out, ws the saved values (a SavedRow's dst: value v of unit j at
+//   ws[v * wstride + j], v = r, z, n, h_n).
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, const T* __restrict__ hp, T* __restrict__ h,
-                    T* __restrict__ ws) {
+                    T* __restrict__ ws, int64_t wstride) {
   for (int64_t j = 0; j < ub; ++j) {
     const T r = sigmoid(xp[j] + gh[j] + bhh[j]);
     const T z = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
@@ -30,9 +32,9 @@ inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __
     h[j] = n + z * (hp[j] - n);
     if (kSave) {
       ws[j] = r;
-      ws[H + j] = z;
-      ws[2 * H + j] = n;
-      ws[3 * H + j] = hn;
+      ws[wstride + j] = z;
+      ws[2 * wstride + j] = n;
+      ws[3 * wstride + j] = hn;
     }
   }
 }
@@ -64,6 +66,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
              T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
   const RowGroups groups(st, nblk, G * H * H * int64_t(sizeof(T)));
+  const bool stream = kSave && streams_workspace<T>(st.S * 4 * H);
   InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
@@ -82,11 +85,14 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
         step_product(r1 - r0, G * ub, H, hp + r0 * H, wblk + k * H * G * kUnitBlock, g);
         const T* xpk = xproj.block(i, k, r0, r1);
         for_rows<T>(r0, r1, [&](int64_t r) {
+          SavedRow<T, 4> saved(kSave ? ws + (off + r) * 4 * H + u0 : nullptr, H, stream);
           fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
-                            hp + r * H + u0, out + (off + r) * H + u0,
-                            kSave ? ws + (off + r) * 4 * H + u0 : nullptr);
+                            hp + r * H + u0, out + (off + r) * H + u0, saved.dst(),
+                            saved.stride());
+          saved.finish(ub);
         });
       }
+      fence_streamed_rows(stream);
     });
   });
   gather_last(st, out, H, hn);

@@ -6,6 +6,7 @@
 // row's step. h_{t-1}, c_{t-1} and the unprojected h' are rebuilt in the backward from
 // output, c0/h0 and the workspace rather than stored.
 #include "input_projection.h"
+#include "saved_row.h"
 #include "workspace_pool.h"
 
 namespace fastrnn {
@@ -17,11 +18,12 @@ constexpr int64_t G = 4;
 // One row's units [u0, u0+ub) of one step, pointers pre-offset to u0:
 //   xp [4*ub] input projection block (b_ih included), gh [4*ub] W_hh h block (both
 //   gate-major: gate g of unit j at g*ub + j; no b_hh), bhh [4H], c [ub] cell state
-//   (c_{t-1} in, c_t out), h [ub] unprojected h_t out, ws [5H] workspace row.
+//   (c_{t-1} in, c_t out), h [ub] unprojected h_t out, ws the saved values (a SavedRow's
+//   dst: value v of unit j at ws[v * wstride + j], v = i, f, g, o, c').
 template <typename T, bool kSave>
 inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __restrict__ gh,
                     const T* __restrict__ bhh, T* __restrict__ c, T* __restrict__ h,
-                    T* __restrict__ ws) {
+                    T* __restrict__ ws, int64_t wstride) {
   for (int64_t j = 0; j < ub; ++j) {
     const T ig = sigmoid(xp[j] + gh[j] + bhh[j]);
     const T fg = sigmoid(xp[ub + j] + gh[ub + j] + bhh[H + j]);
@@ -32,10 +34,10 @@ inline void fwd_row(int64_t ub, int64_t H, const T* __restrict__ xp, const T* __
     h[j] = og * tanh_(cn);
     if (kSave) {
       ws[j] = ig;
-      ws[H + j] = fg;
-      ws[2 * H + j] = gg;
-      ws[3 * H + j] = og;
-      ws[4 * H + j] = cn;
+      ws[wstride + j] = fg;
+      ws[2 * wstride + j] = gg;
+      ws[3 * wstride + j] = og;
+      ws[4 * wstride + j] = cn;
     }
   }
 }
@@ -67,6 +69,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
              T* hn, T* cs, T* ws, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
   const RowGroups groups(st, nblk, G * H * P * int64_t(sizeof(T)));
+  const bool stream = kSave && streams_workspace<T>(st.S * 5 * H);
   InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][P][4*kUnitBlock]
   T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
@@ -93,11 +96,13 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
         step_product(r1 - r0, G * ub, P, hp + r0 * P, wblk + k * P * G * kUnitBlock, g);
         const T* xpk = xproj.block(i, k, r0, r1);
         for_rows<T>(r0, r1, [&](int64_t r) {
+          SavedRow<T, 5> saved(kSave ? ws + (off + r) * 5 * H + u0 : nullptr, H, stream);
           fwd_row<T, kSave>(ub, H, xpk + r * G * ub, g + (r - r0) * G * ub, bhh + u0,
-                            cs + r * H + u0, hdst + r * H + u0,
-                            kSave ? ws + (off + r) * 5 * H + u0 : nullptr);
+                            cs + r * H + u0, hdst + r * H + u0, saved.dst(), saved.stride());
+          saved.finish(ub);
         });
       }
+      fence_streamed_rows(stream);
     });
     if (kProj)
       share.tiles(bt, P, H, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
