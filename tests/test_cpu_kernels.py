@@ -490,24 +490,30 @@ def test_no_unwritten_memory_in_pooled_workspaces(nan_filled_empty, mode):
         assert_every_result_written(case)
 
 
-# (T, N, C, H) whose float32 workspace reaches the 32 MiB from which the forward writes it
-# with streaming stores (csrc/cpu/saved_row.h): S*5H floats for the LSTM, S*4H for the
-# GRU. At H=250 the rows start 5000 or 4000 bytes apart, so most are not 64-byte aligned,
-# and the last unit block has 58 units: the streamed copy's head and tail both run.
-STREAMED_SIZES = {"GRU": (132, 64, 5, 250), "LSTM": (105, 64, 5, 250),
-                  "LSTM_PROJ": (105, 64, 5, 250)}
+# (T, N, C, H) whose float32 buffers reach the 32 MiB from which the kernels write them
+# with streaming stores (csrc/cpu/streamed_stores.h): the forward's workspace (S*5H floats
+# for the LSTM, S*4H for the GRU) and the backward's pack of dg^T (S*4H, S*3H), packed by
+# the recurrence's tiles where the steps go by units (W_hh above 1 MiB: H=264 and 296,
+# multiples of 8), after it where they go by rows (H=288 and 250, and the LSTM with a
+# projection; its columns, 3H or 4H, a multiple of 8). LSTM workspace rows 5280 or 5000
+# bytes apart and GRU ones 4736 apart are mostly not 64-byte aligned, the last unit block
+# is partial, and at N=63 the steps start at odd rows: the streamed copies' heads and
+# tails run too.
+STREAMED_CASES = [
+    pytest.param(mode, size, id=f"{mode}-{'x'.join(map(str, size))}")
+    for mode, size in (("GRU", (150, 63, 5, 296)), ("GRU", (152, 64, 5, 288)),
+                       ("LSTM", (127, 63, 5, 264)), ("LSTM", (132, 64, 5, 250)),
+                       ("LSTM_PROJ", (127, 63, 5, 264)))]
 
 
-@pytest.mark.parametrize("mode", tuple(STREAMED_SIZES))
-def test_matches_reference_with_streamed_workspace(mode):
-    test_matches_reference(mode, STREAMED_SIZES[mode], False, mode == "GRU", True,
-                           torch.float32)
+@pytest.mark.parametrize("mode,size", STREAMED_CASES)
+def test_matches_reference_with_streamed_buffers(mode, size):
+    test_matches_reference(mode, size, False, size[1] % 2 == 0, True, torch.float32)
 
 
-@pytest.mark.parametrize("mode", tuple(STREAMED_SIZES))
-def test_no_unwritten_memory_in_streamed_workspaces(nan_filled_empty, mode):
-    case = make_case(mode, *STREAMED_SIZES[mode], torch.float32, False, False, True, 13)
-    assert_every_result_written(case)
+@pytest.mark.parametrize("mode,size", STREAMED_CASES)
+def test_no_unwritten_memory_in_streamed_buffers(nan_filled_empty, mode, size):
+    assert_every_result_written(make_case(mode, *size, torch.float32, False, False, True, 13))
 
 
 WORKSPACE_REUSE_CHILD = """

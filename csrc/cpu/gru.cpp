@@ -66,7 +66,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
              T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
   const RowGroups groups(st, nblk, G * H * H * int64_t(sizeof(T)));
-  const bool stream = kSave && streams_workspace<T>(st.S * 4 * H);
+  const bool stream = kSave && streams<T>(st.S * 4 * H);
   InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][H][3*kUnitBlock]
   T* gh = wblk + nblk * H * G * kUnitBlock;       // [nblk][N][3*kUnitBlock]
@@ -92,7 +92,7 @@ void forward(const Steps& st, int64_t C, int64_t H, InputRows<T> x, const T* w_i
           saved.finish(ub);
         });
       }
-      fence_streamed_rows(stream);
+      fence_streamed_stores(stream);
     });
   });
   gather_last(st, out, H, hn);

@@ -69,7 +69,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
              T* hn, T* cs, T* ws, T* scratch) {
   const int64_t N = st.N, nblk = div_up(H, kUnitBlock);
   const RowGroups groups(st, nblk, G * H * P * int64_t(sizeof(T)));
-  const bool stream = kSave && streams_workspace<T>(st.S * 5 * H);
+  const bool stream = kSave && streams<T>(st.S * 5 * H);
   InputProjection<T> xproj(st, G, H, C, x, w_ih, bih, scratch, groups.by_rows());
   T* wblk = scratch + input_projection_scratch(st, G, H, C);  // [nblk][P][4*kUnitBlock]
   T* gh = wblk + nblk * P * G * kUnitBlock;   // [nblk][N][4*kUnitBlock]
@@ -102,7 +102,7 @@ void forward(const Steps& st, int64_t C, int64_t H, int64_t P, InputRows<T> x, c
           saved.finish(ub);
         });
       }
-      fence_streamed_rows(stream);
+      fence_streamed_stores(stream);
     });
     if (kProj)
       share.tiles(bt, P, H, [&](int64_t r0, int64_t r1, int64_t k0, int64_t k1) {

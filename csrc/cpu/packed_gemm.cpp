@@ -239,6 +239,31 @@ void pack_transposed_strip(int64_t k, const float* bt, int64_t ld, int64_t j0, f
   pack_strip_avx512(k, bt, ld, out + j0 / kPanel * k * kPanel + j0 % kPanel);
 }
 
+[[gnu::target("avx512f")]] void pack_row_blocks_streamed(int64_t m, int64_t K, int64_t p0,
+                                                         int64_t p1, const float* at,
+                                                         int64_t ld, float* out) {
+  for (int64_t i0 = 0; i0 < m; i0 += kBlockRows) {
+    float* block = out + i0 * K;
+    int64_t p = p0;
+    // Two depths of a block fill one 64-byte line: whole aligned lines are streamed. A
+    // block that is not 32-byte aligned has none; one that is starts one on the first or
+    // the second depth.
+    const uintptr_t misaligned = reinterpret_cast<uintptr_t>(block + p * kBlockRows) % 64;
+    const int64_t first_line = misaligned == 0 ? p : misaligned == 32 ? p + 1 : p1;
+    for (; p < std::min(first_line, p1); ++p)
+      copy_fixed<kBlockRows>(at + p * ld + i0, block + p * kBlockRows);
+    for (; p + 2 <= p1; p += 2) {
+      const __m256 first = _mm256_loadu_ps(at + p * ld + i0);
+      const __m256 second = _mm256_loadu_ps(at + (p + 1) * ld + i0);
+      const __m512d line = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(first)),
+                                              _mm256_castps_pd(second), 1);
+      _mm512_stream_ps(block + p * kBlockRows, _mm512_castpd_ps(line));
+    }
+    if (p < p1) copy_fixed<kBlockRows>(at + p * ld + i0, block + p * kBlockRows);
+  }
+  _mm_sfence();
+}
+
 #else  // no AVX-512 kernel for this architecture: callers stay on gemm_rm
 
 bool packed_gemm_available() { return false; }
@@ -249,6 +274,11 @@ void packed_gemm(int64_t, int64_t, int64_t, AOperand, const float*, const float*
 }
 
 void pack_transposed_strip(int64_t, const float*, int64_t, int64_t, float*) {
+  std::abort();  // unreachable: guarded by packed_gemm_available()
+}
+
+void pack_row_blocks_streamed(int64_t, int64_t, int64_t, int64_t, const float*, int64_t,
+                              float*) {
   std::abort();  // unreachable: guarded by packed_gemm_available()
 }
 

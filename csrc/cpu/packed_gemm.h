@@ -75,6 +75,11 @@ inline AOperand blocks_operand(const float* a, int64_t k) {
 void pack_row_blocks(int64_t m, int64_t K, int64_t p0, int64_t p1, const float* at,
                      int64_t ld, float* out);
 
+// pack_row_blocks with streaming stores (streamed_stores.h), ending in a store fence; m a
+// multiple of kBlockRows. Only where packed_gemm_available().
+void pack_row_blocks_streamed(int64_t m, int64_t K, int64_t p0, int64_t p1, const float* at,
+                              int64_t ld, float* out);
+
 // C[m, n] = init + A[m, k] @ B[k, n]: bp is B packed by pack_panels, c has row stride
 // ldc; init row i = init + i * init_ld (init_ld 0: one row for all, e.g. a bias; init == c,
 // init_ld == ldc: accumulate into C), or zeros when init is null. Runs on the calling

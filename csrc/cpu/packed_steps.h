@@ -35,6 +35,7 @@
 #include "packed_gemm.h"
 #include "row_loop.h"
 #include "step_share.h"
+#include "streamed_stores.h"
 
 namespace fastrnn {
 namespace cpu {
@@ -171,15 +172,16 @@ inline void tiled_packed_gemm(int64_t m, int64_t n, int64_t k, AOperand a, const
 // The packed operands of a backward call, in backward_pack_scratch (where packed_gemm does
 // not run, it is empty and nothing is packed):
 //   gate_grads: dg^T as weight_grads' A operand ([dg_cols, S] in pack_row_blocks' layout;
-//     dg_cols: G*H, or more where a cell packs more than one dg);
+//     dg_cols: G*H, or more where a cell packs more than one dg), from a 64-byte line on:
+//     a large one is streamed (pack_gate_grads), and streaming needs aligned lines;
 //   operands: the B operands, one use after another: W_hh for grad_to_prev_state, W_ih
 //     for input_grad, the activations for weight_grads.
 template <typename T>
 struct BackwardPanels {
   BackwardPanels(T* scratch, int64_t S, int64_t dg_cols)
-      : gate_grads(scratch),
-        operands(scratch + (use_packed_gemm<T>() ? S * div_up(dg_cols, kBlockRows) * kBlockRows
-                                                 : 0)) {}
+      : gate_grads(use_packed_gemm<T>() ? line_aligned(scratch) : scratch),
+        operands(gate_grads +
+                 (use_packed_gemm<T>() ? S * div_up(dg_cols, kBlockRows) * kBlockRows : 0)) {}
   T* const gate_grads;
   T* const operands;
 };
@@ -190,18 +192,24 @@ struct BackwardPanels {
 inline int64_t backward_pack_scratch(const at::Tensor& like, int64_t S, int64_t dg_cols,
                                      int64_t GH, int64_t C, int64_t P) {
   if (like.scalar_type() != at::kFloat || !packed_gemm_available()) return 0;
-  return S * div_up(dg_cols, kBlockRows) * kBlockRows +
+  return kLineBytes / int64_t(sizeof(float)) + S * div_up(dg_cols, kBlockRows) * kBlockRows +
          std::max({packed_size(GH, P), packed_size(GH, C), packed_size(S, std::max(C, P))});
 }
 
 // Sequence rows p0 .. p1-1, columns j0 .. j0+width-1 of dg [S, GH] into dst, the place of
 // column j0 in a BackwardPanels' gate_grads (gate_grads + j0 * S for weight_grads). j0 a
 // multiple of kBlockRows, and width too unless the columns reach GH. Only where
-// packed_gemm runs.
+// packed_gemm runs. The whole pack ([S, GH]) is read only by the weight gradients after
+// the recurrence, so a large one is streamed (streamed_stores.h).
 template <typename T>
 inline void pack_gate_grads(int64_t S, int64_t GH, int64_t p0, int64_t p1, int64_t j0,
                             int64_t width, const T* dg, T* dst) {
-  if constexpr (std::is_same_v<T, float>) pack_row_blocks(width, S, p0, p1, dg + j0, GH, dst);
+  if constexpr (std::is_same_v<T, float>) {
+    if (width % kBlockRows == 0 && streams<T>(S * GH))
+      pack_row_blocks_streamed(width, S, p0, p1, dg + j0, GH, dst);
+    else
+      pack_row_blocks(width, S, p0, p1, dg + j0, GH, dst);
+  }
 }
 
 // Whether a backward's gate tiles pack dg^T for the weight gradients right after computing
