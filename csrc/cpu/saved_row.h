@@ -26,7 +26,7 @@ namespace cpu {
     const float* s = src + v * kUnitBlock;
     float* d = dst + v * dst_stride;
     int64_t j = 0;
-    for (; j < n && reinterpret_cast<uintptr_t>(d + j) % 64 != 0; ++j) d[j] = s[j];
+    for (; j < n && reinterpret_cast<uintptr_t>(d + j) % kLineBytes != 0; ++j) d[j] = s[j];
     for (; j + 16 <= n; j += 16) _mm512_stream_ps(d + j, _mm512_loadu_ps(s + j));
     for (; j < n; ++j) d[j] = s[j];
   }
