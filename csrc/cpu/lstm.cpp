@@ -202,6 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd(
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor bih = bias_or_zeros(b_ih, G * H, input), bhh = bias_or_zeros(b_hh, G * H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
+  const SerialIfSmall serial(st.S * (G * H * (C + P) + (proj ? H * P : 0)));
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, P}, input.options())
                                               : empty_large({st.T, N, P}, input.options());
   at::Tensor h_n = at::empty({N, P}, input.options());
@@ -253,6 +254,7 @@ lstm_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_hr = proj ? w_hr_->contiguous() : at::Tensor();
   const at::Tensor output = output_.contiguous(), ws = workspace.contiguous();
   const int64_t C = input.size(-1), GH = G * H, S = st.S, N = st.N;
+  const SerialIfSmall serial(S * (GH * (C + P) + (proj ? H * P : 0)));
   // The gradients reaching each step's h and c (grad_h0 and grad_c0 at the end).
   at::Tensor dh = fresh_copy(grad_h_n);
   at::Tensor dc = fresh_copy(grad_c_n);

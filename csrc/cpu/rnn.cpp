@@ -107,6 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_fwd(
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bih = bias_or_zeros(b_ih, H, input), bhh = bias_or_zeros(b_hh, H, input);
   const int64_t C = input.size(-1), N = st.N, nblk = div_up(H, kUnitBlock);
+  const SerialIfSmall serial(st.S * H * (C + H));
   at::Tensor output = batch_sizes.has_value() ? empty_large({st.S, H}, input.options())
                                               : empty_large({st.T, N, H}, input.options());
   at::Tensor h_n = at::empty({N, H}, input.options());
@@ -142,6 +143,7 @@ rnn_layer_bwd(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor output = output_.contiguous();
   const int64_t C = input.size(-1);
+  const SerialIfSmall serial(st.S * H * (C + H));
   at::Tensor dh = fresh_copy(grad_h_n);  // the gradient reaching each step's h
   at::Tensor dx = grad_result(need_grad_input, input.sizes(), input.options());
   at::Tensor dw_ih = grad_result(need_grad_weights, {H, C}, input.options());

@@ -54,14 +54,46 @@ constexpr int64_t kRowSplitWeightBytes = int64_t(1) << 20;
 // than it saves (measured ~2 us per region on the 2-core CI machines).
 constexpr int64_t kMinParallelFmas = int64_t(1) << 17;
 
+// A layer call whose forward products total fewer multiply-adds than this runs on the
+// calling thread alone (SerialIfSmall), even where single regions would be worth
+// splitting: its few regions each pay ~3 us to wake the other thread (a 100k-float
+// torch.mul took 10.85 us on one thread, 8.70 on two), and the other thread reads the
+// weights the calling thread packed. The RNNCell step at B=64, H=128 (2.1M multiply-adds)
+// took ~44 / ~145 us forward / forward+backward on one thread and ~53.5 / ~159 on two; the
+// GRUCell step (6.3M) ~104-112 us forward on one and ~90 on two (ad hoc, threads
+// alternated in one process).
+constexpr int64_t kMinParallelCallFmas = int64_t(1) << 22;
+
+// Whether parallel_tiles runs on the calling thread for the current call (SerialIfSmall).
+inline bool& serial_call() {
+  thread_local bool serial = false;
+  return serial;
+}
+
+// For its scope, makes every parallel_tiles of a layer call whose forward products total
+// `fmas` multiply-adds run on the calling thread when that is below kMinParallelCallFmas.
+// Results do not change: tiles are computed the same whichever thread runs them.
+class SerialIfSmall {
+ public:
+  explicit SerialIfSmall(int64_t fmas) : previous_(serial_call()) {
+    serial_call() = previous_ || fmas < kMinParallelCallFmas;
+  }
+  ~SerialIfSmall() { serial_call() = previous_; }
+  SerialIfSmall(const SerialIfSmall&) = delete;
+  SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+ private:
+  bool previous_;
+};
+
 inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Runs f(tile) for tile in [0, ntiles); work = multiply-adds per tile, used to keep small
 // steps on the calling thread.
 template <class F>
 inline void parallel_tiles(int64_t ntiles, int64_t work, const F& f) {
-  if (ntiles == 1) {
-    f(int64_t(0));
+  if (ntiles == 1 || serial_call()) {
+    for (int64_t i = 0; i < ntiles; ++i) f(i);
     return;
   }
   const int64_t grain = std::max<int64_t>(1, kMinParallelFmas / std::max<int64_t>(1, work));
