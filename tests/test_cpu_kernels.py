@@ -562,6 +562,70 @@ def test_rejects_other_dtypes():
         fastrnn_layer(case)
 
 
+SERIAL_PROBE_SOURCE = r"""
+#include <ATen/Parallel.h>
+#include <vector>
+
+#include "cpu/step_share.h"
+
+// The thread that ran each of ntiles parallel_tiles tiles, inside the scopes of
+// SerialIfSmall(outer) and then SerialIfSmall(inner) (a negative count: no such scope).
+std::vector<int64_t> tile_threads(int64_t outer, int64_t inner, int64_t ntiles) {
+  using fastrnn::cpu::SerialIfSmall;
+  std::vector<int64_t> threads(ntiles, -1);
+  auto run = [&] {
+    fastrnn::cpu::parallel_tiles(ntiles, int64_t(1) << 30,
+                                 [&](int64_t i) { threads[i] = at::get_thread_num(); });
+  };
+  auto in_inner = [&] {
+    if (inner < 0) return run();
+    const SerialIfSmall scope(inner);
+    run();
+  };
+  if (outer < 0) {
+    in_inner();
+  } else {
+    const SerialIfSmall scope(outer);
+    in_inner();
+  }
+  return threads;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def serial_probe(tmp_path_factory):
+    """csrc/cpu/step_share.h's parallel_tiles and SerialIfSmall, built into a small
+    extension of their own (~20 s)."""
+    from torch.utils.cpp_extension import load_inline
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return load_inline("fastrnn_serial_probe", cpp_sources=[SERIAL_PROBE_SOURCE],
+                       functions=["tile_threads"],
+                       extra_include_paths=[os.path.join(root, "csrc")],
+                       extra_cflags=["-O1", "-fopenmp"],
+                       build_directory=str(tmp_path_factory.mktemp("serial_probe")))
+
+
+def test_small_calls_run_on_the_calling_thread(serial_probe):
+    """A layer call whose forward products total under 2^22 multiply-adds runs every
+    parallel_tiles tile on the calling thread (SerialIfSmall); a larger one, a call
+    nested in a small one's scope aside, spreads them over both threads, and so does the
+    next call once the small one's scope has ended."""
+    threads = torch.get_num_threads()
+    small, large, none = (1 << 22) - 1, 1 << 22, -1
+    try:
+        torch.set_num_threads(2)
+        used = lambda outer, inner: set(serial_probe.tile_threads(outer, inner, 4))
+        assert used(none, none) == {0, 1}
+        assert used(small, none) == {0}
+        assert used(large, none) == {0, 1}
+        assert used(small, large) == {0}, "a call inside a small one's scope went parallel"
+        assert used(large, small) == {0}
+        assert used(none, none) == {0, 1}, "the serial state outlived its scope"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_portable_float32_path_without_avx512():
     """The float32 GEMMs run on an AVX-512 kernel where the CPU has one (CI's does), so the
     portable path (loops and BLAS) that other CPUs take is tested here with the kernel
