@@ -454,6 +454,43 @@ def test_large_weights_split_units(mode, packed):
         assert torch.equal(a, b), "1 thread and 2 threads differ"
 
 
+def avx512_kernel_runs():
+    """Whether float32 products run on packed_gemm's AVX-512 kernel (csrc/cpu/packed_gemm.h)
+    in this process."""
+    if os.environ.get("FASTRNN_NO_AVX512"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return " avx512f" in cpuinfo.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not avx512_kernel_runs(), reason="float32 products are not on the AVX-512 "
+                                                      "kernel here (no AVX-512F, or "
+                                                      "FASTRNN_NO_AVX512 set)")
+@pytest.mark.parametrize("hidden", (40, 70, 130))
+# Not LSTM_PROJ: its h_t @ W_hr^T goes through gemm_rm, whose BLAS may round differently for
+# different row counts.
+@pytest.mark.parametrize("mode", [mode for mode in MODES if mode != "LSTM_PROJ"])
+def test_leading_rows_alone_match_the_whole_batch(mode, hidden):
+    """On the AVX-512 kernel every element of a product is the same multiply-adds in the
+    same order whatever the row count, so the first r rows of a batch of 16 (two whole
+    8-row blocks) run alone give exactly their results in the batch, for r = 1..15. Their
+    last r % 8 rows go through the partial-block kernels, two panels at a time up to four
+    rows: a wrong column, mask or panel there changes the bits. hidden=40 makes G*H columns
+    that end in a partial panel, in odd and even panel counts; 70 adds a unit block of 6
+    units (G*6 columns); 130 a second pass over the depth of the recurrence's products."""
+    case = make_case(mode, 5, 16, 7, hidden, torch.float32, False, False, True, 11)
+    whole = fastrnn_layer(case)
+    for rows in range(1, 16):
+        part = dict(case, input=case["input"][:, :rows], h0=case["h0"][:rows],
+                    c0=None if case["c0"] is None else case["c0"][:rows])
+        for name, alone, batch in zip(("output", "h_n", "c_n"), fastrnn_layer(part), whole):
+            in_batch = batch[:, :rows] if name == "output" else batch[:rows]
+            assert torch.equal(alone, in_batch), f"first {rows} rows alone: {name} differs"
+
+
 @pytest.fixture
 def nan_filled_empty():
     """torch.empty (and at::empty in the kernels) returns NaN-filled memory."""

@@ -133,47 +133,69 @@ constexpr int64_t kDepth = 128;
 // Floats per cache line: a panel row (kPanel floats) is two lines.
 constexpr int64_t kLineFloats = 16;
 
-// C[R, 32] = init + A[R, k] @ panel[k, 32], columns masked by m0/m1 (16 each); meanwhile
+// Rows of a partial row block that go through one micro-kernel call for two panels at once.
+// On one panel, up to 4 rows make at most 8 accumulators: too few FMA chains to hide the
+// FMA latency (4 cycles on the Intel machine kind, 2 issued per cycle). A 64-column product
+// at depth 128 (one thread, B in L1) took 326, 328, 437, 430 ns for 1-4 rows a panel at a
+// time (757 for 8 rows), 173, 233, 300, 389 ns with both panels in one call.
+constexpr int kPairedRows = 4;
+
+// C[R, 32 * P] = init + A[R, k] @ [panel 0 | .. | panel P-1][k, 32 * P] (panel q at
+// b + q * panel_stride; each 16-column vector v of C masked by masks[v]); meanwhile
 // prefetches into L2 the first min(pf_lines, k) cache lines from pf, one per step of p.
-template <int R>
+// The same multiply-adds in the same order for every element whatever R and P.
+template <int R, int P>
 [[gnu::target("avx512f")]] void micro_kernel(int64_t k, const float* a, int64_t row_stride,
                                              int64_t k_stride, const float* b,
-                                             const float* init, int64_t init_ld, float* c,
-                                             int64_t ldc, __mmask16 m0, __mmask16 m1,
-                                             const float* pf, int64_t pf_lines) {
-  // The row loops are unrolled by hand (pragma): left to GCC, it kept lo/hi in a stack
-  // array and copied them in and out of registers around the p loop, which cost ~6% of
-  // the kernel's throughput at k = 128 (the recurrence's depth at H = 128).
-  __m512 lo[R], hi[R];
+                                             int64_t panel_stride, const float* init,
+                                             int64_t init_ld, float* c, int64_t ldc,
+                                             const __mmask16* masks, const float* pf,
+                                             int64_t pf_lines) {
+  constexpr int V = 2 * P;  // vectors of 16 columns
+  // The loops are unrolled by hand (pragma): left to GCC, it kept the accumulators in a
+  // stack array and copied them in and out of registers around the p loop, which cost ~6%
+  // of the kernel's throughput at k = 128 (the recurrence's depth at H = 128).
+  __m512 acc[R][V];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    lo[i] = init ? _mm512_maskz_loadu_ps(m0, init + i * init_ld) : _mm512_setzero_ps();
-    hi[i] = init ? _mm512_maskz_loadu_ps(m1, init + i * init_ld + 16) : _mm512_setzero_ps();
-  }
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      acc[i][v] = init ? _mm512_maskz_loadu_ps(masks[v], init + i * init_ld + 16 * v)
+                       : _mm512_setzero_ps();
   for (int64_t p = 0; p < k; ++p, a += k_stride, b += kPanel) {
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    __m512 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      bv[v] = _mm512_loadu_ps(b + v / 2 * panel_stride + v % 2 * 16);
+      // In a register: left to GCC, small R read B from memory in every FMA instead, one
+      // load per multiply-add.
+      asm("" : "+v"(bv[v]));
+    }
     if (p < pf_lines)
       _mm_prefetch(reinterpret_cast<const char*>(pf + p * kLineFloats), _MM_HINT_T1);
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const __m512 ai = _mm512_set1_ps(a[i * row_stride]);
-      lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
-      hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    _mm512_mask_storeu_ps(c + i * ldc, m0, lo[i]);
-    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, hi[i]);
-  }
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, masks[v], acc[i][v]);
 }
 
-using MicroKernel = void (*)(int64_t, const float*, int64_t, int64_t, const float*,
-                             const float*, int64_t, float*, int64_t, __mmask16, __mmask16,
+using MicroKernel = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t,
+                             const float*, int64_t, float*, int64_t, const __mmask16*,
                              const float*, int64_t);
-constexpr MicroKernel kMicroKernels[kRows + 1] = {
-    nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>, micro_kernel<4>,
-    micro_kernel<5>, micro_kernel<6>, micro_kernel<7>, micro_kernel<8>};
+// By rows: one panel, or (up to kPairedRows rows) two panels.
+constexpr MicroKernel kOnePanel[kRows + 1] = {
+    nullptr,             micro_kernel<1, 1>, micro_kernel<2, 1>, micro_kernel<3, 1>,
+    micro_kernel<4, 1>, micro_kernel<5, 1>, micro_kernel<6, 1>, micro_kernel<7, 1>,
+    micro_kernel<8, 1>};
+constexpr MicroKernel kTwoPanels[kPairedRows + 1] = {
+    nullptr, micro_kernel<1, 2>, micro_kernel<2, 2>, micro_kernel<3, 2>, micro_kernel<4, 2>};
 
 // Lanes of a 16-float half of a panel that hold one of the w valid columns (from `from`).
 __mmask16 column_mask(int64_t w, int64_t from) {
@@ -185,14 +207,21 @@ __mmask16 column_mask(int64_t w, int64_t from) {
                                                    AOperand a, const float* bp,
                                                    const float* init, int64_t init_ld,
                                                    float* c, int64_t ldc) {
+  const int64_t blocks = std::max<int64_t>(1, (m + kRows - 1) / kRows);
+  const int64_t partial_row0 = m / kRows * kRows;
+  const int partial_rows = static_cast<int>(m - partial_row0);
   // One pass even when k == 0, so C still receives init.
   for (int64_t p0 = 0; p0 == 0 || p0 < k; p0 += kDepth) {
     const int64_t kc = std::min(kDepth, k - p0);
     // Later passes continue the sums already in C.
     const float* in = p0 == 0 ? init : c;
     const int64_t in_ld = p0 == 0 ? init_ld : ldc;
+    __mmask16 masks[4] = {};  // this panel's two vectors, after the previous panel's two
     for (int64_t j = 0; j < n; j += kPanel) {
-      const __mmask16 m0 = column_mask(n - j, 0), m1 = column_mask(n - j, 16);
+      masks[0] = masks[2];
+      masks[1] = masks[3];
+      masks[2] = column_mask(n - j, 0);
+      masks[3] = column_mask(n - j, 16);
       const float* b = bp + j * k + p0 * kPanel;
       // The slice the next iteration reads (the next panel, or the first panel's next
       // depth range), prefetched by the row blocks in equal shares. B operands larger
@@ -205,16 +234,26 @@ __mmask16 column_mask(int64_t w, int64_t from) {
       const int64_t lines = std::max<int64_t>(next_kc, 0) * (kPanel / kLineFloats);
       const float* next = lines == 0 ? nullptr
                           : last_panel ? bp + (p0 + kDepth) * kPanel : b + k * kPanel;
-      const int64_t blocks = std::max<int64_t>(1, (m + kRows - 1) / kRows);
       const int64_t share = (lines + blocks - 1) / blocks;
-      for (int64_t i = 0; i < m; i += kRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kRows, m - i));
+      auto run = [&](MicroKernel kernel, int64_t i, int64_t panels) {
+        const int64_t j0 = j - (panels - 1) * kPanel;
         const int64_t first = i / kRows * share;
         const int64_t count = std::clamp<int64_t>(lines - first, 0, share);
-        kMicroKernels[rows](kc, a.from_row(i).data + p0 * a.k_stride, a.row_stride,
-                            a.k_stride, b, in ? in + i * in_ld + j : nullptr, in_ld,
-                            c + i * ldc + j, ldc, m0, m1,
-                            count > 0 ? next + first * kLineFloats : nullptr, count);
+        kernel(kc, a.from_row(i).data + p0 * a.k_stride, a.row_stride, a.k_stride,
+               b - (panels - 1) * k * kPanel, k * kPanel, in ? in + i * in_ld + j0 : nullptr,
+               in_ld, c + i * ldc + j0, ldc, masks + 4 - 2 * panels,
+               count > 0 ? next + first * kLineFloats : nullptr, count);
+      };
+      for (int64_t i = 0; i < partial_row0; i += kRows) run(kOnePanel[kRows], i, 1);
+      if (partial_rows > kPairedRows) {
+        run(kOnePanel[partial_rows], partial_row0, 1);
+      } else if (partial_rows > 0 && (j / kPanel % 2 == 1 || last_panel)) {
+        // With the even panel before it when this one is odd (that panel's call waited
+        // for this one); the even panel's share of the prefetch, aimed at this panel's
+        // slice, which its row blocks have read by now, is left out.
+        const int64_t panels = 1 + j / kPanel % 2;
+        run(panels == 2 ? kTwoPanels[partial_rows] : kOnePanel[partial_rows], partial_row0,
+            panels);
       }
     }
   }
@@ -239,6 +278,9 @@ void pack_transposed_strip(int64_t k, const float* bt, int64_t ld, int64_t j0, f
   pack_strip_avx512(k, bt, ld, out + j0 / kPanel * k * kPanel + j0 % kPanel);
 }
 
+// The GCC 12 warning of transpose16 again (_mm512_insertf64x4).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 [[gnu::target("avx512f")]] void pack_row_blocks_streamed(int64_t m, int64_t K, int64_t p0,
                                                          int64_t p1, const float* at,
                                                          int64_t ld, float* out) {
@@ -263,6 +305,7 @@ void pack_transposed_strip(int64_t k, const float* bt, int64_t ld, int64_t j0, f
   }
   _mm_sfence();
 }
+#pragma GCC diagnostic pop
 
 #else  // no AVX-512 kernel for this architecture: callers stay on gemm_rm
 
