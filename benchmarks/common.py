@@ -2,6 +2,7 @@
 helpers, and JSON + markdown writers. Device-agnostic: GPU scripts pass a `sync`
 callable (torch.cuda.synchronize) so host timers measure finished work.
 """
+import collections
 import ctypes
 import datetime
 import json
@@ -76,6 +77,34 @@ def machine_header(device="cpu", threads=None, allocator=None):
     return header
 
 
+def round_orders(names, rounds):
+    """The order of the contenders in each of `rounds` rounds, such that over the rounds
+    every contender follows each of the others about equally often: what a call leaves
+    behind (threads still spinning, a cache it filled or emptied) does not fall on one
+    contender more than on another. Each next contender is the one that has followed the
+    contender just timed least often so far (ties: the earlier in `names`).
+
+    A plain rotation (each round starting one contender later) does that for two
+    contenders only. With three, each followed one of the others twice as often as the
+    third: in benchmarks/layers_cpu.py's packed rows, fastrnn on packed input ran right
+    after torch.nn in two rounds of three, and fastrnn on padded input right after
+    fastrnn on packed input."""
+    followed = collections.Counter()  # (previous, next) -> times
+    previous = None
+    orders = []
+    for _ in range(rounds):
+        left = list(names)
+        order = []
+        while left:
+            name = min(left, key=lambda n: followed[(previous, n)])
+            followed[(previous, name)] += 1
+            order.append(name)
+            left.remove(name)
+            previous = name
+        orders.append(order)
+    return orders
+
+
 def time_interleaved(fns, reps, warmup=3, sync=None, min_sample_s=2e-3):
     """Median seconds per call of each fn in `fns` (a dict name -> callable).
 
@@ -97,13 +126,8 @@ def time_interleaved(fns, reps, warmup=3, sync=None, min_sample_s=2e-3):
             sync()
         calls[name] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-9)))
     samples = {name: [] for name in fns}
-    names = list(fns)
-    for round_ in range(reps):
-        # Each round starts one contender later, so every contender follows every other
-        # equally often: what a call leaves behind (threads still spinning, a cache it
-        # filled) does not always fall on the same contender.
-        first = round_ % len(names)
-        for name in names[first:] + names[:first]:
+    for order in round_orders(list(fns), reps):
+        for name in order:
             fn = fns[name]
             start = time.perf_counter()
             for _ in range(calls[name]):
