@@ -5,7 +5,7 @@ the C++ path. (Parity with torch.nn through it is test_parity.py's job.)"""
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from fastrnn import modules, ops
@@ -87,6 +87,39 @@ def test_plain_calls_match_the_python_forward(case, batch_first, given_state, st
         assert torch.equal(a, e), f"result {index} differs from the Python forward's"
 
 
+def packed_call(call, lengths):
+    """call(module, x, hx) on x packed with `lengths` (sorted, time-major), with the output's
+    data for the output; checks the output's PackedSequence form on the way."""
+    def packed(module, x, hx):
+        input = pack_padded_sequence(x, lengths)
+        output, hidden = call(module, input, hx)
+        assert type(output) is PackedSequence
+        assert output.batch_sizes is input.batch_sizes
+        assert output.sorted_indices is None and output.unsorted_indices is None
+        return output.data, hidden
+    return packed
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("given_state", (False, True), ids=("zeros", "hx"))
+def test_plain_packed_calls_match_the_python_forward(case, given_state, monkeypatch):
+    """Sorted packed input, the default of pack_padded_sequence and pack_sequence."""
+    module = make_module(case)
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    hx = initial_state(module, N) if given_state else None
+    lengths = [T, T - 2]
+    expected = results_and_grads(packed_call(python_forward, lengths), module, x, hx)
+    refuse_python_forward(monkeypatch)
+    actual = results_and_grads(packed_call(module_call, lengths), module, x, hx)
+    assert len(actual) == len(expected)
+    for index, (a, e) in enumerate(zip(actual, expected)):
+        assert torch.equal(a, e), f"result {index} differs from the Python forward's"
+
+
+class PackedSubclass(PackedSequence):
+    """A PackedSequence of another class, which the C++ path leaves to the Python one."""
+
+
 @pytest.mark.parametrize("mode", ("enable_grad", "no_grad", "inference_mode"))
 def test_plain_calls_in_every_grad_mode(mode, monkeypatch):
     """float32 (the benchmarks' dtype) against torch.nn, in eval mode."""
@@ -111,7 +144,16 @@ def swap_parameter_behind_setattr(module, x, hx):
 # id: (call(module, x, hx) for a plain module, x and hx), for calls the C++ path declines.
 # Some raise; the Python forward must raise (or return) what it does without the C++ path.
 IRREGULAR = {
-    "packed": lambda m, x, hx: m(pack_padded_sequence(x, [T, T - 2]), hx),
+    "packed_unsorted": lambda m, x, hx: m(pack_padded_sequence(x, [T - 2, T],
+                                                               enforce_sorted=False), hx),
+    "packed_subclass": lambda m, x, hx: m(PackedSubclass(*pack_padded_sequence(x, [T, T - 2])),
+                                          hx),
+    "packed_data_subclass": lambda m, x, hx: m(
+        pack_padded_sequence(x.as_subclass(Marked), [T, T - 2]), hx),
+    "packed_wrong_features": lambda m, x, hx: m(
+        pack_padded_sequence(torch.cat([x, x], -1), [T, T - 2]), hx),
+    "packed_wrong_dtype": lambda m, x, hx: m(pack_padded_sequence(x.float(), [T, T - 2]), hx),
+    "packed_hx_wrong_batch": lambda m, x, hx: m(pack_padded_sequence(x[:, :1], [T]), hx),
     "unbatched": lambda m, x, hx: m(x[:, 0]),
     "wrong_features": lambda m, x, hx: m(torch.cat([x, x], -1), hx),
     "wrong_dtype": lambda m, x, hx: m(x.float(), hx),
