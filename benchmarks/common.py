@@ -82,13 +82,15 @@ def round_orders(names, rounds):
     every contender follows each of the others about equally often: what a call leaves
     behind (threads still spinning, a cache it filled or emptied) does not fall on one
     contender more than on another. Each next contender is the one that has followed the
-    contender just timed least often so far (ties: the earlier in `names`).
+    contender just timed least often so far; ties go to the contender just timed (which
+    can open the next round) and then to the earlier in `names`. For two contenders that
+    is the rotation the benchmarks used before: AB, BA, AB, ...
 
-    A plain rotation (each round starting one contender later) does that for two
-    contenders only. With three, each followed one of the others twice as often as the
-    third: in benchmarks/layers_cpu.py's packed rows, fastrnn on packed input ran right
-    after torch.nn in two rounds of three, and fastrnn on padded input right after
-    fastrnn on packed input."""
+    A rotation (each round starting one contender later) balances two contenders only.
+    With three, each followed one of the others twice as often as the third: in
+    benchmarks/layers_cpu.py's packed rows, fastrnn on packed input ran right after
+    torch.nn in two rounds of three, and fastrnn on padded input right after fastrnn on
+    packed input."""
     followed = collections.Counter()  # (previous, next) -> times
     previous = None
     orders = []
@@ -96,7 +98,7 @@ def round_orders(names, rounds):
         left = list(names)
         order = []
         while left:
-            name = min(left, key=lambda n: followed[(previous, n)])
+            name = min(left, key=lambda n: (followed[(previous, n)], n != previous))
             followed[(previous, name)] += 1
             order.append(name)
             left.remove(name)

@@ -40,3 +40,8 @@ def test_every_contender_follows_each_other_about_equally_often(contenders, roun
         counts = [followed[(other, name)] for other in names if other != name]
         # A rotation of three contenders over 21 rounds: 14 and 6 or 7.
         assert max(counts) - min(counts) <= 2, (name, counts)
+
+
+def test_two_contenders_take_turns_opening_the_rounds():
+    assert common.round_orders(["a", "b"], 4) == [["a", "b"], ["b", "a"], ["a", "b"],
+                                                   ["b", "a"]]
