@@ -7,8 +7,8 @@
 // into layer_stack) took ~3 us more. Here the same checks read the module's attributes and
 // compare sizes in C++, then call layer_stack through its typed dispatcher handle, as
 // fastrnn._C.layer_stack does (csrc/python_entry.cpp). Packed input at B=64, T=100,
-// H=128 gained too: that Python ran ~30 us after the layer had pushed it out of the
-// caches (see plain_packed).
+// H=128 gained too: there that Python took ~33 us, run after the layer had pushed it out
+// of the caches (see plain_packed).
 //
 // Every call that is not plain gets None back, with nothing done: 2-D input, a
 // PackedSequence with indices (unsorted) or of a subclass, a size, dtype or device that
@@ -79,7 +79,9 @@ std::optional<std::pair<OptTensor, OptTensor>> plain_states(py::handle hx, bool 
 // torch.nn.utils.rnn.PackedSequence, looked up once.
 PyObject* packed_sequence_type() {
   static PyObject* const type =
-      py::object(py::module_::import("torch.nn.utils.rnn").attr("PackedSequence")).release().ptr();
+      py::object(py::module_::import("torch.nn.utils.rnn").attr("PackedSequence"))
+          .release()
+          .ptr();
   return type;
 }
 
@@ -170,25 +172,28 @@ py::object plain_forward(py::handle module, py::handle input_obj, py::handle hx,
   const auto num_layers = attr(module, names().num_layers).cast<int64_t>();
   const bool bidirectional = attr(module, names().bidirectional).cast<bool>();
   const auto proj_size = attr(module, names().proj_size).cast<int64_t>();
-  OptTensor h0, c0;
+  const int64_t states = num_layers * (bidirectional ? 2 : 1);
+  // Read only where needed: each attribute read is a sizeable part of a sine-shape call.
+  int64_t hidden_size = 0, state_width = 0;
   if (!hx.is_none() || packed) {
-    const int64_t states = num_layers * (bidirectional ? 2 : 1);
-    const auto hidden_size = attr(module, names().hidden_size).cast<int64_t>();
-    const int64_t state_width = proj_size > 0 ? proj_size : hidden_size;
-    if (!hx.is_none()) {
-      auto given = plain_states(hx, is_lstm, *input, states, batch, state_width, hidden_size);
-      if (!given) return py::none();
-      std::tie(h0, c0) = std::move(*given);
-    } else {
-      // layer_stack sizes zero states from padded input only; packed input's are made
-      // here, as fastrnn/stack.py's run makes them for the Python forward.
-      h0 = at::zeros({states, batch, state_width}, input->options());
-      if (is_lstm) c0 = at::zeros({states, batch, hidden_size}, input->options());
-    }
+    hidden_size = attr(module, names().hidden_size).cast<int64_t>();
+    state_width = proj_size > 0 ? proj_size : hidden_size;
+  }
+  OptTensor h0, c0;
+  if (!hx.is_none()) {
+    auto given = plain_states(hx, is_lstm, *input, states, batch, state_width, hidden_size);
+    if (!given) return py::none();
+    std::tie(h0, c0) = std::move(*given);
   }
   // After the checks, as in _forward: a call that is wrong and also names a backend that
   // cannot run it raises the check's error there, not the backend's here.
   if (!plain::chosen_layer(module, *input, layer_for).is(compiled_layer)) return py::none();
+  if (packed && !h0) {
+    // layer_stack sizes zero states from padded input only; packed input's are made here,
+    // as fastrnn/stack.py's run makes them for the Python forward.
+    h0 = at::zeros({states, batch, state_width}, input->options());
+    if (is_lstm) c0 = at::zeros({states, batch, hidden_size}, input->options());
+  }
 
   const bool has_bias = attr(module, names().bias).cast<bool>();
   const auto dropout = attr(module, names().dropout).cast<double>();
