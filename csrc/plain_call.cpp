@@ -16,10 +16,7 @@ PyObject* torch_function_name() {
 }
 
 PyObject* disabled_torch_function() {
-  static PyObject* const impl =
-      py::object(py::module_::import("torch._C").attr("_disabled_torch_function_impl"))
-          .release()
-          .ptr();
+  static PyObject* const impl = imported("torch._C", "_disabled_torch_function_impl");
   return impl;
 }
 
@@ -41,6 +38,10 @@ bool overrides_torch_functions(py::handle obj) {
 }  // namespace
 
 PyObject* intern(const char* name) { return PyUnicode_InternFromString(name); }
+
+PyObject* imported(const char* module, const char* name) {
+  return py::object(py::module_::import(module).attr(name)).release().ptr();
+}
 
 py::object attr(py::handle obj, PyObject* name) {
   PyObject* value = PyObject_GetAttr(obj.ptr(), name);

@@ -15,6 +15,10 @@ namespace plain {
 // with an interned name skip hashing and comparing it on every call.
 PyObject* intern(const char* name);
 
+// module.name (e.g. "torch.nn.utils.rnn", "PackedSequence"), imported by the caller once
+// (a function-local static) and, like intern's strings, never freed.
+PyObject* imported(const char* module, const char* name);
+
 // obj.<name>; raises the Python error as a C++ exception.
 pybind11::object attr(pybind11::handle obj, PyObject* name);
 

@@ -78,10 +78,7 @@ std::optional<std::pair<OptTensor, OptTensor>> plain_states(py::handle hx, bool 
 
 // torch.nn.utils.rnn.PackedSequence, looked up once.
 PyObject* packed_sequence_type() {
-  static PyObject* const type =
-      py::object(py::module_::import("torch.nn.utils.rnn").attr("PackedSequence"))
-          .release()
-          .ptr();
+  static PyObject* const type = plain::imported("torch.nn.utils.rnn", "PackedSequence");
   return type;
 }
 
