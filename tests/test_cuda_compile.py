@@ -37,7 +37,16 @@ CELLS = {
     "gru_kernels.cuh": ("fastrnn::cuda::GruCell",),
     "lstm_kernels.cuh": ("fastrnn::cuda::LstmCell",),
 }
-NVCC_FLAGS = ["-std=c++17", "-O3", "--use_fast_math"]  # as setup.py
+
+def _build_flags():
+    """setup.py's nvcc flags plus the ones torch's CUDAExtension adds to every nvcc call
+    (no implicit __half / __nv_bfloat16 conversions or operators): the first build on a GPU
+    machine failed on a T(0.0f) that compiled here without them."""
+    import torch.utils.cpp_extension as ext
+    return ["-std=c++20", "-O3", *ext.COMMON_NVCC_FLAGS]
+
+
+NVCC_FLAGS = _build_flags()
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 

@@ -219,7 +219,7 @@ persistent_fwd_kernel(const FwdArgs<T> a) {
 
   for (int i = tid; i < R * H; i += nthr) {
     const int r = i / H, k = i % H, g = r / hj, jj = r % hj;
-    w_s[r * ldw + k] = jj < hjn ? a.w_hh[static_cast<size_t>(g * H + j0 + jj) * H + k] : T(0.0f);
+    w_s[r * ldw + k] = jj < hjn ? a.w_hh[static_cast<size_t>(g * H + j0 + jj) * H + k] : from_acc<T>(A(0));
   }
   if (MULTI) {
     for (int i = tid; i < nbt * hjn; i += nthr) {
@@ -335,7 +335,7 @@ persistent_bwd_kernel(const BwdArgs<T> a) {
   // column-wise into wt_s (odd-word stride: conflict-free).
   for (int i = tid; i < GH * hj; i += nthr) {
     const int r = i / hj, jj = i % hj;
-    wt_s[jj * ldw + r] = jj < hjn ? a.w_hh[static_cast<size_t>(r) * H + j0 + jj] : T(0.0f);
+    wt_s[jj * ldw + r] = jj < hjn ? a.w_hh[static_cast<size_t>(r) * H + j0 + jj] : from_acc<T>(A(0));
   }
   for (int i = tid; i < nb4 * kc; i += nthr) dg_s[i] = A(0);
   for (int i = tid; i < nbt * hjn; i += nthr) {
