@@ -66,12 +66,20 @@ def parse_args(argv=None):
     p.add_argument("--cases", default=",".join(c[0] for c in CASES))
     p.add_argument("--warmup", type=int, default=25, help="untimed iterations first")
     p.add_argument("--rep", type=int, default=200, help="timed iterations (median reported)")
+    p.add_argument("--budget", type=float, default=1.5,
+                   help="seconds of timed calls per timing at most (fewer reps for long calls)")
+    p.add_argument("--backends", default="cuda,triton",
+                   help="fastrnn backends to time, where available (comma-separated)")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
+    args.backends = [b for b in args.backends.split(",") if b]
     args.modes = [m for m in args.modes.split(",") if m]
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     wanted = [c for c in args.cases.split(",") if c]
     known = {c[0]: c for c in CASES}
+    for b in args.backends:
+        if b not in ("cuda", "triton"):
+            p.error(f"unknown backend {b!r}; known: cuda, triton")
     for m in args.modes:
         if m not in MODES:
             p.error(f"unknown mode {m!r}")
@@ -106,7 +114,7 @@ def header():
     }
 
 
-def median_ms(fn, warmup, rep, budget_s=1.5):
+def median_ms(fn, warmup, rep, budget_s):
     """Median of per-call CUDA-event times. The events sit on the stream around each call,
     so host-side launch gaps inside a call count, as they do for a user at small shapes.
     Long calls get fewer repetitions (at least 10): about budget_s seconds per timing."""
@@ -252,10 +260,12 @@ def step_fns(mode, module, I, H, dtype, backends):
     return fns
 
 
-def bench(args):
+def bench(args, on_row):
+    """Times every case; on_row(rows) runs after each row, so a run cut short keeps its
+    results."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    backends = fastrnn_backends()
+    backends = [b for b in fastrnn_backends() if b in args.backends]
     rows = []
     for name, kind, B, T, I, H, layers, bidir in args.cases:
         for mode in args.modes:
@@ -272,9 +282,10 @@ def bench(args):
                         def run(fn=fn):
                             with torch.no_grad():
                                 fn()
-                        times[prov] = median_ms(run, args.warmup, args.rep) / per_call
+                        times[prov] = median_ms(run, args.warmup, args.rep, args.budget) / per_call
                     rows.append(dict(base, **{"pass": "step", "ms": times}))
                     print(format_row(rows[-1]), flush=True)
+                    on_row(rows)
                     continue
                 x = torch.randn(T, B, I, device="cuda", dtype=dtype, requires_grad=True)
                 if kind == "layer":
@@ -289,10 +300,11 @@ def bench(args):
                     lengths[0] = T
                     fns = packed_fns(mode, module, x, lengths, backends)
                 for backward in (False, True):
-                    times = {prov: median_ms(timed(fn, backward), args.warmup, args.rep)
+                    times = {prov: median_ms(timed(fn, backward), args.warmup, args.rep, args.budget)
                              for prov, fn in fns.items()}
                     rows.append(dict(base, **{"pass": "fwd+bwd" if backward else "fwd", "ms": times}))
                     print(format_row(rows[-1]), flush=True)
+                    on_row(rows)
     return rows
 
 
@@ -403,7 +415,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("layers_gpu.py needs a CUDA GPU")
     head = header()
-    rows = bench(args)
+    rows = bench(args, on_row=lambda rows: write_results(rows, head, args.out))
     paths = list(write_results(rows, head, args.out))
     if not args.no_plot:
         paths.append(plot_speedups(rows, head, args.out))

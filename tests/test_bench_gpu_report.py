@@ -28,8 +28,12 @@ def fake_rows():
 def test_parse_args_selects_cases_and_rejects_unknown():
     args = layers_gpu.parse_args(["--cases", "h512,step16", "--modes", "GRU", "--dtypes", "bf16"])
     assert [c[0] for c in args.cases] == ["h512", "step16"] and args.modes == ["GRU"]
-    with pytest.raises(SystemExit):
-        layers_gpu.parse_args(["--cases", "nope"])
+    assert args.backends == ["cuda", "triton"] and args.budget == 1.5
+    args = layers_gpu.parse_args(["--backends", "cuda", "--budget", "0.3"])
+    assert args.backends == ["cuda"] and args.budget == 0.3
+    for bad in (["--cases", "nope"], ["--backends", "cudnn"]):
+        with pytest.raises(SystemExit):
+            layers_gpu.parse_args(bad)
 
 
 def test_write_results_tables_and_targets(tmp_path):
