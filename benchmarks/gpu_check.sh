@@ -18,7 +18,10 @@ KEXPR="${2:-}"
 mkdir -p "$OUT"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 # Machine code for this GPU alone unless asked otherwise: half the build time of "8.0;9.0".
-export FASTRNN_CUDA_ARCHS="${FASTRNN_CUDA_ARCHS:-$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}"
+if [ -z "${FASTRNN_CUDA_ARCHS:-}" ]; then
+    arch=$(python -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") &&
+        export FASTRNN_CUDA_ARCHS="$arch"
+fi
 rc=0
 
 if [ "$STAGE" = all ] || [ "$STAGE" = build ]; then
@@ -57,7 +60,7 @@ EOF
     for part in "not graph" "graph"; do
         name="pytest-cuda-${part// /-}"
         FASTRNN_TEST_BACKENDS=cuda python -m pytest tests/test_cuda.py tests/test_cuda_paths.py tests/test_graphs.py \
-            tests/test_parity.py -q -ra "${workers[@]}" -k "($part)${KEXPR:+ and ($KEXPR)}" \
+            tests/test_parity.py -q -ra ${workers[@]+"${workers[@]}"} -k "($part)${KEXPR:+ and ($KEXPR)}" \
             --junitxml="$OUT/$name.xml" > "$OUT/$name.log" 2>&1
         tests_rc=$?
         echo "== tests -k '$part' (rc=$tests_rc): $(tail -n 1 "$OUT/$name.log")"
