@@ -7,7 +7,7 @@
 #
 # The stages can also run one by one (build, then test, then bench). A device call is
 # limited to 10 minutes and the machine is given back soon after a call, so keep build
-# and test in one call. Measured on an H100 (16 cores, xdist): build ~2 min, tests ~3 min,
+# and test in one call. Measured on an H100 (16 cores, 12 xdist workers): build ~2 min, tests ~3 min,
 # the bench ~2 min with BENCH_ARGS="--budget 0.3 --backends cuda".
 # BENCH_ARGS passes options to benchmarks/layers_gpu.py (e.g. "--cases h512,h1024").
 set -uo pipefail
@@ -51,9 +51,10 @@ for mode in ("RNN_TANH", "GRU", "LSTM"):
             for bwd in (False, True):
                 print(mode, dtype, H, N, "bwd" if bwd else "fwd", cuda_path(mode, H, N, dtype, backward=bwd))
 EOF
-    # Parallel workers where pytest-xdist is installed (~2 min instead of ~10 on an H100).
+    # Parallel workers where pytest-xdist is installed: ~3 min on an H100 with 12 workers
+    # (serially, ~10 by the first run's pace).
     workers=()
-    python -c "import xdist" 2>/dev/null && workers=(-n 8)
+    python -c "import xdist" 2>/dev/null && workers=(-n 12)
     # The CUDA-graph tests run in their own processes: a capture that fails leaves torch's
     # CUDA generator in capture mode, and every later test of that process that draws
     # random numbers fails with "Offset increment outside graph capture".

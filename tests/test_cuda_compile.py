@@ -38,6 +38,7 @@ CELLS = {
     "lstm_kernels.cuh": ("fastrnn::cuda::LstmCell",),
 }
 
+
 def _build_flags():
     """setup.py's nvcc flags plus the ones torch's CUDAExtension adds to every nvcc call
     (no implicit __half / __nv_bfloat16 conversions or operators): the first build on a GPU
@@ -93,8 +94,7 @@ def compiled(tmp_path_factory):
     for launcher in sorted(CUDA_DIR.glob("*.cu")):
         jobs[("launcher", launcher.name, "compute_90")] = [
             NVCC, *NVCC_FLAGS, "-arch=compute_90", *includes, abi,
-            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-diag-suppress", "3306",
-            "-Xcompiler", "-Wno-c++20-extensions", "-c", str(launcher),
+            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-diag-suppress", "3306", "-c", str(launcher),
             "-o", str(tmp / f"{launcher.stem}.o")]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = dict(zip(jobs, pool.map(_run, jobs.values())))
