@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -37,17 +39,10 @@ CELLS = {
     "gru_kernels.cuh": ("fastrnn::cuda::GruCell",),
     "lstm_kernels.cuh": ("fastrnn::cuda::LstmCell",),
 }
-
-
-def _build_flags():
-    """setup.py's nvcc flags plus the ones torch's CUDAExtension adds to every nvcc call
-    (no implicit __half / __nv_bfloat16 conversions or operators): the first build on a GPU
-    machine failed on a T(0.0f) that compiled here without them."""
-    import torch.utils.cpp_extension as ext
-    return ["-std=c++20", "-O3", *ext.COMMON_NVCC_FLAGS]
-
-
-NVCC_FLAGS = _build_flags()
+# setup.py's nvcc flags plus the ones torch's CUDAExtension adds to every nvcc call (no
+# implicit __half / __nv_bfloat16 conversions or operators): the first build on a GPU
+# machine failed on a T(0.0f) that compiled here without them.
+NVCC_FLAGS = ["-std=c++20", "-O3", *cpp_extension.COMMON_NVCC_FLAGS]
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 
@@ -87,9 +82,7 @@ def compiled(tmp_path_factory):
             jobs[("kernels", header, arch)] = [
                 NVCC, *NVCC_FLAGS, f"-arch=sm_{arch}", "-Xptxas", "-v", "-I", str(CUDA_DIR),
                 "-c", str(src), "-o", str(tmp / f"{src.stem}_{arch}.o")]
-    import torch.utils.cpp_extension as ext
-    includes = [f"-I{p}" for p in ext.include_paths()]
-    import torch
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     for launcher in sorted(CUDA_DIR.glob("*.cu")):
         jobs[("launcher", launcher.name, "compute_90")] = [
