@@ -2,8 +2,8 @@
 
 Issue 3 asks the LSTM forward at B=64, T=100, H=512 for >= 1.0x nn.LSTM (oneDNN). Both
 layers spend almost all their time in matrix products: T*N*4H*(C+H) multiply-adds (the
-input projection and T products with W_hh); the gate math is ~1% of that. This script times,
-interleaved in one process, with 1 and 2 threads:
+input projection and T products with W_hh); the gate math is ~1% of the arithmetic. This
+script times, interleaved in one process, with 1 and 2 threads:
 
 - torch.nn's LSTM and fastrnn's, forward under no_grad;
 - one torch.mm with exactly the layer's multiply-adds, [T*N, C+H] @ [C+H, 4H]: the rate
